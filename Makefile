@@ -1,0 +1,30 @@
+# Two commands from a fresh clone: `make test` and `make lab`.
+# Each creates the project's virtual environment (.venv) the first time.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lab demo env clean-env
+
+env: $(STAMP)
+
+# Rebuilt when pyproject.toml changes; the stamp records a finished install.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kd_ref)" >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+demo: $(STAMP)
+	$(VENV)/bin/kd-ref digits
+
+clean-env:
+	rm -rf $(VENV)

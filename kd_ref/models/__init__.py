@@ -1,0 +1,5 @@
+"""Networks used by the course, one module per data set, and a parameter counter."""
+from .count import count_parameters
+from .digits import DigitsCNN, DigitsMLP
+
+__all__ = ["count_parameters", "DigitsCNN", "DigitsMLP"]
