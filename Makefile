@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab
 
 demo: $(STAMP)
 	$(VENV)/bin/kd-ref digits
