@@ -10,7 +10,7 @@ from ._checks import shape_str
 class ConvRegressor(nn.Module):
     """Maps ``(B, C_s, H_s, W_s)`` student features to ``(B, C_t, H_t, W_t)``.
 
-    Romero et al. (2015), "FitNets", section 2.2: a convolutional regressor r(.) on
+    Romero et al. (2015), "FitNets", ICLR: a convolutional regressor r(.) on
     the student's guided layer, trained with the hint loss. Layers chosen from the
     sizes (the same choices as the CRD repository's ConvReg):
 

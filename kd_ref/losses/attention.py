@@ -10,10 +10,10 @@ from .._checks import as_compute_dtype, check_pair, check_tensor, masked_mean, s
 def attention_map(feat: torch.Tensor, p: float = 2) -> torch.Tensor:
     """Spatial attention map of a conv feature: ``normalize(mean_c |f_c|^p)``.
 
-    Zagoruyko & Komodakis (2017), "Paying More Attention to Attention", ICLR, eq. (2)
-    with the mean over channels of |A_c|^p and, as in eq. (2)'s loss, each map divided
-    by its L2 norm. Convention of the authors' code: the channel *mean* (their paper
-    writes the sum; the normalisation makes the two equal).
+    Zagoruyko & Komodakis (2017), "Paying More Attention to Attention", ICLR: the map
+    F_sum^p(A) = sum_c |A_c|^p of section 3.1, divided by its L2 norm as in the loss of
+    eq. (2). Convention of the authors' code: the channel *mean* (the normalisation
+    makes mean and sum equal).
 
     Args:
         feat: ``(B, C, H, W)``.
@@ -34,9 +34,10 @@ def attention_map(feat: torch.Tensor, p: float = 2) -> torch.Tensor:
 def at_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float = 2) -> torch.Tensor:
     """Attention-transfer loss: ``mean_(b, j) (Q_s[b, j] - Q_t[b, j])^2`` of the maps.
 
-    Zagoruyko & Komodakis (2017), eq. (2), in the form of the authors' code
-    (``(at(x) - at(y)).pow(2).mean()``); they multiply it by beta / 2 with beta = 1000
-    in training, which is the caller's weight. Channel counts may differ. When spatial
+    Zagoruyko & Komodakis (2017), eq. (2). The paper takes the L2 norm of the difference
+    of the normalised maps; the authors' code (followed here, as by most public code)
+    takes its square, averaged over batch and positions, and multiplies it by
+    beta / 2 with beta = 1000 in training, which is the caller's weight. Channel counts may differ. When spatial
     sizes differ, the larger feature map is average-pooled to the smaller size first
     (``adaptive_avg_pool2d``, as in the CRD repository's AT implementation).
 
@@ -90,8 +91,8 @@ def attention_score_loss(student_scores: torch.Tensor, teacher_scores: torch.Ten
                          mask: torch.Tensor | None = None) -> torch.Tensor:
     """TinyBERT attention loss: MSE between pre-softmax attention scores.
 
-    Jiao et al. (2020), "TinyBERT", eq. (7): ``1/h sum_i MSE(A_i^S, A_i^T)`` with A the
-    unnormalised scores ``QK^T / sqrt(d)``. Mean over every unmasked (b, head, query,
+    Jiao et al. (2020), "TinyBERT", Findings of EMNLP, attention-based distillation:
+    ``1/h sum_i MSE(A_i^S, A_i^T)`` with A the unnormalised scores ``QK^T / sqrt(d)``. Mean over every unmasked (b, head, query,
     key) entry. Masked entries (padding, or future keys of a causal model, where
     scores are -inf) are excluded, never compared; so pass the mask whenever scores
     hold -inf.
@@ -116,7 +117,9 @@ def attention_kl_loss(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """MiniLM attention loss: ``KL(teacher row || student row)`` of attention distributions.
 
-    Wang et al. (2020), "MiniLM: Deep Self-Attention Distillation", eq. (4): for each
+    Wang, Wei, Dong, Bao, Yang & Zhou (2020), "MiniLM: Deep Self-Attention Distillation
+    for Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS, self-attention
+    distribution transfer: for each
     (batch, head, query) the KL divergence between the teacher's and the student's
     distributions over keys, summed over keys and averaged over batch, heads and
     (unmasked) query positions. Keys where the teacher gives probability 0 (masked or

@@ -18,8 +18,9 @@ from .._checks import as_compute_dtype, check_mask, check_pair, check_tensor, ma
 def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     """FitNets hint loss: mean squared error between projected student and teacher features.
 
-    Romero et al. (2015), "FitNets: Hints for Thin Deep Nets", ICLR, eq. (3) writes
-    ``1/2 * ||u_h(x) - r(v_g(x))||^2``; like most public code (e.g. the CRD
+    Romero, Ballas, Kahou, Chassang, Gatta & Bengio (2015), "FitNets: Hints for Thin
+    Deep Nets", ICLR: the hint objective ``1/2 * ||u_h(x) - r(v_g(x))||^2`` with u_h the
+    teacher's hint layer and r the regressor on the student's guided layer. Like most public code (e.g. the CRD
     repository's HintLoss) this uses the mean over all elements instead of half the
     sum, so the weight does not depend on the feature size.
 
@@ -77,7 +78,8 @@ def hidden_state_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor
     """Hidden-state distillation: ``MSE(h_s W, h_t)`` over ``(B, L, d_t)``.
 
     The seed-002 formula; TinyBERT (Jiao et al. 2020, "TinyBERT: Distilling BERT for
-    Natural Language Understanding", eq. 8) uses the same loss with a learnable W.
+    Natural Language Understanding", Findings of EMNLP, hidden-states distillation in
+    its Transformer-layer loss) uses the same loss with a learnable W.
 
     Convention: mean over every element of the (unmasked) positions, i.e. over
     ``B * L * d_t`` numbers without a mask.
@@ -100,8 +102,8 @@ def hidden_state_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch
     """Cosine variant: ``mean over positions of (1 - cos(h_s W, h_t))``.
 
     Aligns directions and ignores norms, as DistilBERT's cosine embedding loss on the
-    last hidden states (Sanh et al. 2019, "DistilBERT, a distilled version of BERT",
-    section 3). Same arguments as :func:`hidden_state_loss`; 0 when aligned, 2 when
+    last hidden states (Sanh, Debut, Chaumond & Wolf 2019, "DistilBERT, a distilled
+    version of BERT", section 2). Same arguments as :func:`hidden_state_loss`; 0 when aligned, 2 when
     opposite.
     """
     s, t, mask = _project_hidden(student_hidden, teacher_hidden, projection, mask)

@@ -100,6 +100,9 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
                        mask: torch.Tensor | None = None) -> torch.Tensor:
     """Soft-target cross-entropy: ``T^2 * H(p_t, p_s) = -T^2 * sum_i p_t,i log p_s,i``.
 
+    The form in which Hinton, Vinyals & Dean (2015), section 2, state the soft-target
+    objective ("cross entropy with the soft target distribution").
+
     Same averaging and scaling as :func:`kd_loss`. The two differ by the teacher's
     entropy, a constant for the student: ``soft_cross_entropy = kd_loss + T^2 H(p_t)``,
     so their gradients with respect to the student are identical while their values
@@ -169,7 +172,7 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets
     """Decoupled KD: ``T^2 * mean_n (alpha * TCKD_n + beta * NCKD_n)``.
 
     Zhao, Cui, Song, Qiu & Liang (2022), "Decoupled Knowledge Distillation", CVPR,
-    eqs. (1)-(7): the classical KD loss splits per sample as
+    section 3: the classical KD loss splits per sample as
     ``KD = TCKD + (1 - p_target^teacher) * NCKD``; DKD drops the coupling weight and
     gives each part its own weight. T^2 and the batch mean follow the authors' code
     (mdistiller); their defaults for CIFAR-100 are alpha = 1, beta = 8, T = 4. The
