@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
+# --allow-root only when run as root (containers); JupyterLab refuses root otherwise.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
 demo: $(STAMP)
 	$(VENV)/bin/kd-ref digits
