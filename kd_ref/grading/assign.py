@@ -1,0 +1,117 @@
+"""From a solved master notebook to the learner's notebook and the grading tests (otter assign)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import nbformat
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SOLUTIONS = REPO / "solutions"
+EXERCISES = REPO / "exercises"
+
+
+def masters(solutions_dir: Path = SOLUTIONS) -> list[Path]:
+    """Every exercise master, in course order (``exNN_*.ipynb``)."""
+    return sorted(Path(solutions_dir).glob("ex[0-9][0-9]_*.ipynb"))
+
+
+def assignment_name(nb: nbformat.NotebookNode) -> str | None:
+    """The otter assignment name of a learner notebook (metadata) or of a master (config cell)."""
+    name = nb.metadata.get("otter", {}).get("assignment_name")
+    if name:
+        return name
+    for cell in nb.cells:
+        if cell.cell_type == "raw" and cell.source.lstrip().startswith("# ASSIGNMENT CONFIG"):
+            config = yaml.safe_load(cell.source.split("\n", 1)[1]) or {}
+            return config.get("name")
+    return None
+
+
+def master_for(notebook: Path | nbformat.NotebookNode, solutions_dir: Path = SOLUTIONS) -> Path:
+    """The master a learner notebook was generated from, found by its otter assignment name."""
+    nb = nbformat.read(notebook, as_version=4) if isinstance(notebook, (str, Path)) else notebook
+    name = assignment_name(nb)
+    if not name:
+        raise ValueError("not a graded exercise notebook: no otter assignment name in its metadata")
+    master = Path(solutions_dir) / f"{name}.ipynb"
+    if not master.exists():
+        raise ValueError(f"no master notebook {master} for assignment {name!r}")
+    return master
+
+
+def _otter_assign(master: Path, out_dir: Path) -> None:
+    """Run ``otter assign`` (tests are checked by our own pytest suite, not here)."""
+    master, out_dir = Path(master).resolve(), Path(out_dir).resolve()
+    result = subprocess.run([sys.executable, "-m", "otter", "assign", str(master), str(out_dir)],
+                            capture_output=True, text=True, cwd=master.parent)
+    if result.returncode != 0:
+        raise RuntimeError(f"otter assign failed for {master}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+
+
+def learner_notebook(master: Path) -> nbformat.NotebookNode:
+    """The learner's form of ``master``: solutions removed, public checks kept in its metadata."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _otter_assign(Path(master), Path(tmp))
+        nb = nbformat.read(Path(tmp) / "student" / Path(master).name, as_version=4)
+    for i, cell in enumerate(nb.cells):               # stable ids: regenerating gives identical files
+        cell["id"] = f"cell-{i:03d}"
+    return nb
+
+
+_TESTS_CACHE: dict[tuple[str, int], list[Path]] = {}
+_CACHE_DIR = tempfile.TemporaryDirectory(prefix="kd_ref_grading_")
+
+
+def question_tests(master: Path) -> list[Path]:
+    """Every question's test file (public and hidden checks) of ``master``, in question order.
+
+    Generated once per master file version and process (otter assign takes seconds).
+    """
+    master = Path(master).resolve()
+    key = (str(master), master.stat().st_mtime_ns)
+    if key not in _TESTS_CACHE:
+        dest = Path(_CACHE_DIR.name) / f"{master.stem}-{len(_TESTS_CACHE)}"
+        with tempfile.TemporaryDirectory() as tmp:
+            _otter_assign(master, Path(tmp))
+            archive = next((Path(tmp) / "autograder").glob("*.zip"))
+            with zipfile.ZipFile(archive) as zf:
+                names = [n for n in zf.namelist() if n.startswith("tests/") and n.endswith(".py")]
+                dest.mkdir(parents=True)
+                for name in names:
+                    (dest / Path(name).name).write_bytes(zf.read(name))
+        order = _question_order(master)
+        _TESTS_CACHE[key] = sorted(dest.glob("*.py"),
+                                   key=lambda p: order.index(p.stem) if p.stem in order else len(order))
+    return _TESTS_CACHE[key]
+
+
+def _question_order(master: Path) -> list[str]:
+    nb = nbformat.read(master, as_version=4)
+    names = []
+    for cell in nb.cells:
+        if cell.cell_type == "raw" and cell.source.lstrip().startswith("# BEGIN QUESTION"):
+            for line in cell.source.splitlines():
+                if line.strip().startswith("name:"):
+                    names.append(line.split(":", 1)[1].strip())
+    return names
+
+
+def build_exercises(solutions_dir: Path = SOLUTIONS, exercises_dir: Path = EXERCISES) -> list[Path]:
+    """Regenerate ``exercises/`` from the masters in ``solutions/``."""
+    exercises_dir.mkdir(exist_ok=True)
+    written = []
+    for master in masters(solutions_dir):
+        out = exercises_dir / master.name
+        nbformat.write(learner_notebook(master), out)
+        written.append(out)
+    return written
+
+
+if __name__ == "__main__":
+    for path in build_exercises():
+        print(f"wrote {path.relative_to(REPO)}")

@@ -1,0 +1,146 @@
+"""The graded exercises: in sync with their masters, and graded as promised.
+
+Solutions score full marks; untouched exercises score 0 without crashing the grader;
+answers with the seeds' mistakes lose their points; an answer that raises or loops
+forever scores 0 for its question while the others are still graded.
+"""
+import copy
+import textwrap
+
+import nbformat
+import pytest
+
+from kd_ref.grading import build_exercises, grade_notebook, learner_notebook
+from kd_ref.grading.assign import EXERCISES, SOLUTIONS, masters
+
+MASTERS = masters()
+
+
+def test_there_are_masters_and_exercises_for_each():
+    assert [m.name for m in MASTERS][:2] == ["ex01_softmax_temperature.ipynb", "ex02_kd_loss.ipynb"]
+    assert sorted(p.name for p in EXERCISES.glob("ex*.ipynb")) == [m.name for m in MASTERS]
+
+
+@pytest.mark.parametrize("master", MASTERS, ids=lambda p: p.stem)
+def test_exercise_is_in_sync_with_its_master(master):
+    fresh = learner_notebook(master)
+    committed = nbformat.read(EXERCISES / master.name, as_version=4)
+    assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in fresh.cells], \
+        f"exercises/{master.name} is out of date: run `python -m kd_ref.grading.assign`"
+    assert committed.metadata["otter"] == fresh.metadata["otter"]
+    # The learner form holds no solution code and no hidden check.
+    text = "\n".join(c.source for c in committed.cells)
+    assert "BEGIN SOLUTION" not in text and "# HIDDEN" not in text
+    assert "hidden=True" not in str(committed.metadata["otter"]["tests"])
+
+
+def test_build_exercises_writes_one_notebook_per_master(tmp_path):
+    written = build_exercises(SOLUTIONS, tmp_path)
+    assert [p.name for p in written] == [m.name for m in MASTERS]
+
+
+@pytest.mark.parametrize("master", MASTERS, ids=lambda p: p.stem)
+def test_solutions_score_full_marks(master):
+    report = grade_notebook(master)
+    assert report.max_score > 0 and report.score == report.max_score, report.table()
+    assert all(not q.messages for q in report.questions)
+
+
+@pytest.mark.parametrize("master", MASTERS, ids=lambda p: p.stem)
+def test_untouched_exercises_score_zero(master):
+    report = grade_notebook(EXERCISES / master.name)
+    assert report.score == 0 and report.max_score > 0, report.table()
+    assert all(q.messages for q in report.questions)            # each says what went wrong
+
+
+def with_answer(master, marker, code, tmp_path, name):
+    """A copy of ``master`` whose solution cell containing ``marker`` is replaced by ``code``."""
+    nb = nbformat.read(master, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and marker in c.source and "# HIDDEN" not in c.source
+             and "BEGIN TEST CONFIG" not in c.source]
+    assert len(cells) == 1, f"{marker!r} found in {len(cells)} cells"
+    cells[0].source = textwrap.dedent(code).strip()
+    path = tmp_path / name
+    nbformat.write(nb, path)
+    return path
+
+
+EX02 = SOLUTIONS / "ex02_kd_loss.ipynb"
+
+# The mistakes of seeds/ (ERRATA items 4 and 8) and lesson 02, as learners write them.
+KD_LOSS_MISTAKES = {
+    "missing_T2": """
+        def kd_loss(student_logits, teacher_logits, T):
+            return F.kl_div(F.log_softmax(student_logits / T, -1), F.softmax(teacher_logits / T, -1),
+                            reduction="batchmean")
+        """,
+    "swapped_arguments": """
+        def kd_loss(student_logits, teacher_logits, T):
+            return F.kl_div(F.log_softmax(teacher_logits / T, -1), F.softmax(student_logits / T, -1),
+                            reduction="batchmean") * T * T
+        """,
+    "reduction_mean": """
+        def kd_loss(student_logits, teacher_logits, T):
+            return F.kl_div(F.log_softmax(student_logits / T, -1), F.softmax(teacher_logits / T, -1),
+                            reduction="mean") * T * T
+        """,
+    "probabilities_not_log_probabilities": """
+        def kd_loss(student_logits, teacher_logits, T):
+            return F.kl_div(F.softmax(student_logits / T, -1), F.softmax(teacher_logits / T, -1),
+                            reduction="batchmean") * T * T
+        """,
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(KD_LOSS_MISTAKES))
+def test_seed_mistakes_lose_their_points(mistake, tmp_path):
+    path = with_answer(EX02, "def kd_loss(", KD_LOSS_MISTAKES[mistake], tmp_path, f"{mistake}.ipynb")
+    scores = {q.name: q for q in grade_notebook(path, SOLUTIONS).questions}
+    assert scores["q1"].score == 0, f"{mistake}: q1 scored {scores['q1'].score}"
+    assert all(q.score == q.max_score for name, q in scores.items() if name != "q1")
+
+
+def test_the_seed_001_step_loses_its_points(tmp_path):
+    buggy = """
+        def fixed_kd_step(student, teacher, x, y, T, kd_weight, ce_weight):
+            teacher_output = teacher(x)
+            student_output = student(x)
+            soft_output = F.softmax(teacher_output, dim=1)
+            knowledge_loss = F.kl_div(soft_output, student_output, reduction="batchmean")
+            return knowledge_loss + F.cross_entropy(student_output, y)
+        """
+    path = with_answer(EX02, "def fixed_kd_step(", buggy, tmp_path, "seed001.ipynb")
+    scores = {q.name: q.score for q in grade_notebook(path, SOLUTIONS).questions}
+    assert scores["q2"] == 0 and scores["q1"] == 4 and scores["q4"] == 4
+
+
+def test_raising_and_endless_answers_score_zero_and_the_rest_is_graded(tmp_path):
+    path = with_answer(EX02, "def kd_loss(", """
+        def kd_loss(student_logits, teacher_logits, T):
+            raise NotImplementedError("later")
+        """, tmp_path, "partial.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    nbformat.write(nb, path)
+    path = with_answer(path, "def fixed_kd_step(", """
+        def fixed_kd_step(student, teacher, x, y, T, kd_weight, ce_weight):
+            while True:
+                pass
+        """, tmp_path, "partial.ipynb")
+    report = grade_notebook(path, SOLUTIONS, cell_timeout=5, question_timeout=5)
+    scores = {q.name: q for q in report.questions}
+    assert scores["q1"].score == 0 and "NotImplementedError" in " ".join(scores["q1"].messages)
+    assert scores["q2"].score == 0 and "time limit of 5 s exceeded" in scores["q2"].messages
+    assert scores["q3"].score == scores["q3"].max_score and scores["q4"].score == scores["q4"].max_score
+    assert report.to_json() == {"notebook": str(path), "score": report.score, "max_score": 15.0,
+                                "questions": [{"name": q.name, "score": q.score, "max_score": q.max_score}
+                                              for q in report.questions]}
+
+
+def test_a_notebook_that_is_not_an_exercise_is_refused(tmp_path):
+    plain = tmp_path / "plain.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), plain)
+    with pytest.raises(ValueError, match="not a graded exercise notebook"):
+        grade_notebook(plain, SOLUTIONS)
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    with pytest.raises(ValueError, match="not a readable notebook"):
+        grade_notebook(tmp_path / "broken.ipynb", SOLUTIONS)
