@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kd_ref)" >/dev/null
 	touch $(STAMP)
 
+# The smoke profile keeps every training run in CI to seconds.
 test: $(STAMP)
-	$(PY) -m pytest
+	KD_PROFILE=smoke $(PY) -m pytest
 
 # --allow-root only when run as root (containers); JupyterLab refuses root otherwise.
 lab: $(STAMP)
