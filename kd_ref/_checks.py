@@ -79,8 +79,12 @@ def check_mask(mask, expected_shape: torch.Size, name: str = "mask", against: st
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def check_targets(targets, logits: torch.Tensor, name: str = "targets", logits_name: str = "student_logits") -> torch.Tensor:
-    """Class indices of shape logits.shape[:-1], each in [0, num_classes)."""
+def check_targets(targets, logits: torch.Tensor, name: str = "targets", logits_name: str = "student_logits",
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Class indices of shape logits.shape[:-1], each in [0, num_classes) where ``mask`` is True.
+
+    Masked-out positions may hold anything (e.g. -100 for padding); they come back as 0.
+    """
     if not isinstance(targets, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of class indices, got {type(targets).__name__}")
     if targets.is_floating_point() or targets.dtype == torch.bool or targets.is_complex():
@@ -92,9 +96,12 @@ def check_targets(targets, logits: torch.Tensor, name: str = "targets", logits_n
             f"got {name} {shape_str(targets)} with {logits_name} {shape_str(logits)}"
         )
     num_classes = logits.shape[-1]
+    if mask is not None:
+        targets = torch.where(mask, targets, torch.zeros_like(targets))
     if targets.numel() and (targets.min() < 0 or targets.max() >= num_classes):
+        where = " at unmasked positions" if mask is not None else ""
         raise ValueError(
-            f"{name} must lie in [0, {num_classes}) for {num_classes} classes, "
+            f"{name} must lie in [0, {num_classes}) for {num_classes} classes{where}, "
             f"got values in [{int(targets.min())}, {int(targets.max())}]"
         )
     return targets.long()

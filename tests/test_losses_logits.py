@@ -138,6 +138,12 @@ def test_distillation_loss_mask_applies_to_both_terms():
     sn, tn, yn = s.numpy().reshape(6, 4)[keep], t.numpy().reshape(6, 4)[keep], y.numpy().reshape(-1)[keep]
     got = kd_ref.distillation_loss(s, t, y, T=2.0, kd_weight=0.5, ce_weight=0.5, mask=mask).item()
     assert got == pytest.approx(0.5 * ref.kd(sn, tn, 2.0) + 0.5 * ref.cross_entropy(sn, yn), rel=1e-12)
+    # Padding labels (-100, as Hugging Face writes them) are fine where the mask is False.
+    padded = y.masked_fill(~mask, -100)
+    again = kd_ref.distillation_loss(s, t, padded, T=2.0, kd_weight=0.5, ce_weight=0.5, mask=mask).item()
+    assert again == pytest.approx(got, rel=1e-12)
+    with pytest.raises(ValueError, match="at unmasked positions"):
+        kd_ref.distillation_loss(s, t, padded, mask=mask | torch.tensor([[False, True, False], [False] * 3]))
 
 
 # -- DKD ---------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
     Args:
         student_logits, teacher_logits: ``(..., C)``.
-        targets: integer class indices, shape ``(...)``, values in ``[0, C)``.
+        targets: integer class indices, shape ``(...)``, values in ``[0, C)`` (masked-out
+            positions may hold anything, e.g. -100).
         T: temperature of the KD term.
         kd_weight, ce_weight: finite, >= 0.
         mask: optional bool ``(...)``; applied to both terms.
@@ -133,8 +134,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     kd_weight = check_weight(kd_weight, "kd_weight")
     ce_weight = check_weight(ce_weight, "ce_weight")
     soft = kd_loss(student_logits, teacher_logits, T=T, mask=mask)
-    targets = check_targets(targets, student_logits)
     mask = check_mask(mask, student_logits.shape[:-1], against="student_logits.shape[:-1]")
+    targets = check_targets(targets, student_logits, mask=mask)
     (s,) = as_compute_dtype(student_logits)
     ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), targets.reshape(-1), reduction="none")
     hard = masked_mean(ce, None if mask is None else mask.reshape(-1))
