@@ -17,7 +17,9 @@ class CommandError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd-ref", description="Knowledge-distillation recipes from kd_ref.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from .recipes import register_all  # here, not at the top: recipes import CommandError from this module
+    register_all(subparsers)
     return parser
 
 
@@ -40,4 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m kd_ref.cli` runs this file as __main__, a second copy of the module; the
+    # recipes raise kd_ref.cli.CommandError, so call main() from that one.
+    from kd_ref.cli import main as package_main
+    sys.exit(package_main())

@@ -144,3 +144,19 @@ def test_a_notebook_that_is_not_an_exercise_is_refused(tmp_path):
     (tmp_path / "broken.ipynb").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable notebook"):
         grade_notebook(tmp_path / "broken.ipynb", SOLUTIONS)
+
+
+def test_kd_ref_grade_prints_a_table_and_writes_json(tmp_path, capsys):
+    import json
+    from kd_ref.cli import main
+
+    out = tmp_path / "scores.json"
+    assert main(["grade", str(SOLUTIONS / "ex01_softmax_temperature.ipynb"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "q1         4.00   4.00" in printed and "total     10.00  10.00" in printed
+    scores = json.loads(out.read_text())
+    assert list(scores) == ["notebook", "score", "max_score", "questions"]
+    assert scores["score"] == scores["max_score"] == 10.0
+    assert [q["name"] for q in scores["questions"]] == ["q1", "q2", "q3"]
+    assert main(["grade", str(tmp_path / "missing.ipynb")]) == 2
+    assert "does not exist" in capsys.readouterr().err

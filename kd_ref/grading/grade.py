@@ -111,8 +111,18 @@ def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None
 
     tests = question_tests(master)
     results = {t.stem: QuestionResult(t.stem, 0.0, _max_points(t)) for t in tests}
-    client = NotebookClient(nb, timeout=cell_timeout, allow_errors=True, interrupt_on_timeout=True,
-                            kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}})
+    _run(nb, notebook, tests, results, cell_timeout, question_timeout)
+    return GradeReport(str(notebook), list(results.values()))
+
+
+def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: float,
+         question_timeout: float) -> None:
+    """Execute the learner's cells, then each question's checks, in one kernel; fill ``results``.
+
+    The client owns its kernel, so the kernel is shut down when grading ends.
+    """
+    client = NotebookClient(nb, kernel_name="python3", timeout=cell_timeout, allow_errors=True,
+                            interrupt_on_timeout=True, resources={"metadata": {"path": str(notebook.parent)}})
     try:
         with client.setup_kernel():
             for index, cell in enumerate(nb.cells):
@@ -139,4 +149,3 @@ def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None
         for question in results.values():
             if not question.messages and question.score == 0:
                 question.messages.append(f"the kernel died: {err}")
-    return GradeReport(str(notebook), list(results.values()))

@@ -24,6 +24,8 @@ the MLP ``h^2 + 76 h + 10``.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -31,19 +33,14 @@ NUM_CLASSES = 10
 
 
 def _conv_block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
-    layers = {
-        "conv": nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
-        "bn": nn.BatchNorm2d(c_out),
-        "relu": nn.ReLU(inplace=True),
-    }
+    layers = OrderedDict(
+        conv=nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+        bn=nn.BatchNorm2d(c_out),
+        relu=nn.ReLU(inplace=True),
+    )
     if pool:
         layers["pool"] = nn.MaxPool2d(2)
-    return nn.Sequential(dict_to_ordered(layers))
-
-
-def dict_to_ordered(layers: dict) -> "OrderedDict[str, nn.Module]":
-    from collections import OrderedDict
-    return OrderedDict(layers)
+    return nn.Sequential(layers)
 
 
 class DigitsCNN(nn.Module):

@@ -1,0 +1,5 @@
+"""Data sets of the course, one module each, and a small in-memory batch iterator."""
+from .batches import TensorBatches
+from .digits import DigitsSplit, keep_labels, load_digits_split
+
+__all__ = ["TensorBatches", "DigitsSplit", "keep_labels", "load_digits_split"]

@@ -1,0 +1,14 @@
+"""Ready-made distillation runs behind the ``kd-ref`` command, one module per recipe.
+
+Each module has ``register(subparsers)``, which adds its subcommand and sets
+``run=callable(args) -> int`` as the subcommand's default.
+"""
+from . import digits, grade
+
+RECIPES = (digits, grade)
+
+
+def register_all(subparsers) -> None:
+    """Add every recipe's subcommand to the ``kd-ref`` parser."""
+    for recipe in RECIPES:
+        recipe.register(subparsers)
