@@ -137,25 +137,29 @@ class PseudoLabelKD(Distiller):
 
 
 class DecoupledKD(Distiller):
-    """DKD: ``ce_weight * CE + min(epoch / warmup_epochs, 1) * dkd_loss(alpha, beta, T)``.
+    """DKD: ``ce_weight * CE + min(epochs_done / warmup_epochs, 1) * dkd_loss(alpha, beta, T)``.
 
     Zhao, Cui, Song, Qiu & Liang (2022), "Decoupled Knowledge Distillation", CVPR. The
     defaults are the authors' (mdistiller) for CIFAR-100: CE weight 1, alpha 1, beta 8,
-    T 4, and a linear warm-up of the DKD weight over the first 20 epochs;
-    ``kd_ref.train.fit`` calls ``set_epoch(epoch)`` (1, 2, ...) before each epoch.
+    T 4, and a linear warm-up of the DKD weight over the first 20 epochs. The authors
+    raise the weight once per epoch (epoch e uses e / 20); here it rises every step
+    (``kd_ref.train.fit`` calls ``set_epoch(progress)`` with the fractional epochs done)
+    and reaches their value at the end of each epoch, which keeps a warm-up in short
+    runs too: at full weight from the first step a confident teacher's DKD term
+    (tens of times the CE term) wrecks a freshly initialised student at lr 0.05.
     Every sample needs a label (DKD splits the target class from the others).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, alpha: float = 1.0, beta: float = 8.0,
-                 T: float = 4.0, ce_weight: float = 1.0, warmup_epochs: int = 20):
+                 T: float = 4.0, ce_weight: float = 1.0, warmup_epochs: float = 20.0):
         super().__init__(student, teacher)
-        if warmup_epochs < 1:
-            raise ValueError(f"warmup_epochs must be >= 1, got warmup_epochs={warmup_epochs}")
+        if not warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs must be > 0, got warmup_epochs={warmup_epochs}")
         self.alpha, self.beta, self.T, self.ce_weight = alpha, beta, T, ce_weight
         self.warmup_epochs = warmup_epochs
         self.epoch = warmup_epochs          # full weight unless the loop says otherwise
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: float) -> None:
         self.epoch = epoch
 
     def forward(self, x, y):

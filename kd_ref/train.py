@@ -7,8 +7,9 @@ Each step: ``logits, terms = distiller(x, y)``; ``loss = sum(terms.values())``;
 backward; optimizer step. Each epoch records the mean of every term by name and,
 with ``val_batches``, the student's validation accuracy (and fidelity to the teacher
 when there is one). The loop knows nothing about the losses: a new method is a new
-distiller (``kd_ref.distillers``); a distiller with a ``set_epoch(epoch)`` method is
-told the epoch first (DKD's warm-up uses it).
+distiller (``kd_ref.distillers``); a distiller with a ``set_epoch(progress)`` method is
+told before every step how far training has got, in epochs (a float: 0.5 = half-way
+through the first epoch; DKD's warm-up uses it).
 
 Optimizers: AdamW with a per-step cosine schedule (the default, for the small digits
 models), or ``sgd=SGDSchedule(...)``: SGD with momentum and step decay per epoch, the
@@ -123,8 +124,9 @@ def fit(distiller: nn.Module, train_batches, *, epochs: int, lr: float = 1e-3, w
         run_info: plain values that identify the run; resuming a checkpoint written with
             other values raises ``ValueError``.
     Returns:
-        one dict per epoch: ``epoch``, ``loss`` (the sum), each term's mean, and
-        ``val_accuracy``, ``val_ece`` (and ``val_fidelity``) when measured.
+        one dict per epoch: ``epoch``, ``loss`` (the sum), each term's mean, ``lr`` (at the
+        epoch's start), and ``val_accuracy``, ``val_ece`` (and ``val_fidelity``) when measured.
+        The checkpoint also lists in ``resumes`` the epochs a run was resumed after.
     """
     if epochs < 1 or len(train_batches) < 1:
         raise ValueError(f"need epochs >= 1 and at least one batch, got epochs={epochs}, "
@@ -141,7 +143,7 @@ def fit(distiller: nn.Module, train_batches, *, epochs: int, lr: float = 1e-3, w
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, sgd.factor)
     teacher = getattr(distiller, "teacher", None)
     history: list[dict[str, float]] = []
-    first_epoch = 1
+    first_epoch, resumes = 1, []
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
         if state.get("run_info") != run_info:
@@ -154,16 +156,19 @@ def fit(distiller: nn.Module, train_batches, *, epochs: int, lr: float = 1e-3, w
             train_batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"])
         history, first_epoch = state["history"], state["epoch"] + 1
+        resumes = state["resumes"] + ([state["epoch"]] if state["epoch"] < epochs else [])
     model = distributed.wrap(distiller, device)   # DistributedDataParallel under torchrun
     main = distributed.is_main()
     bar = tqdm(range(first_epoch, epochs + 1), desc=desc, unit="epoch", leave=False,
                disable=None if main else True, initial=first_epoch - 1, total=epochs)
+    steps = len(train_batches)
     for epoch in bar:
-        if hasattr(distiller, "set_epoch"):
-            distiller.set_epoch(epoch)
         distiller.train()
+        epoch_lr = optimizer.param_groups[0]["lr"]
         sums: dict[str, torch.Tensor] = defaultdict(float)  # summed on the device: no sync per step
-        for x, y in train_batches:
+        for step, (x, y) in enumerate(train_batches):
+            if hasattr(distiller, "set_epoch"):
+                distiller.set_epoch(epoch - 1 + (step + 1) / steps)   # epochs done after this step
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 _, terms = model(x, y)
@@ -180,21 +185,22 @@ def fit(distiller: nn.Module, train_batches, *, epochs: int, lr: float = 1e-3, w
                 sums[name] = sums[name] + value.detach().float()
         if sgd is not None:
             schedule.step()
+        distributed.broadcast_buffers(distiller)      # rank 0's BatchNorm statistics everywhere
         means = distributed.mean_over_ranks(torch.stack([torch.as_tensor(t, device=device).float()
-                                                         for t in sums.values()]) / len(train_batches))
+                                                         for t in sums.values()]) / steps)
         record = dict(zip(sums, means.tolist()))
-        record = {"epoch": epoch, "loss": sum(record.values()), **record}
+        record = {"epoch": epoch, "loss": sum(record.values()), **record, "lr": epoch_lr}
         if not all(math.isfinite(v) for v in record.values()):
             raise FloatingPointError(f"{desc}: a loss term is not finite at epoch {epoch}: {record}")
         if val_batches is not None:
             scores = evaluate(distiller.student, val_batches, device, teacher=teacher)
             record.update({f"val_{name}": value for name, value in scores.items()})
         history.append(record)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
+        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "epoch"})
         if checkpoint is not None and main:
             state_of_batches = train_batches.state_dict() if hasattr(train_batches, "state_dict") else None
             save_checkpoint(checkpoint, {
-                "run_info": run_info, "epoch": epoch, "history": history,
+                "run_info": run_info, "epoch": epoch, "history": history, "resumes": resumes,
                 "model": _trainable_state(distiller), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "batches": state_of_batches, "rng": rng_state(),
             })

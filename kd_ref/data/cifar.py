@@ -10,20 +10,21 @@ data set page https://www.cs.toronto.edu/~kriz/cifar.html. After extracting
     DIR/cifar-100-python/train, test                       50,000 / 10,000 images
     DIR/cifar-100-python/meta                              b"fine_label_names" (100 names)
 
-Each file is a dict pickled by Python 2's cPickle (protocol 2). Its keys are Python 2
-strings: ``pickle.load(f, encoding="bytes")`` gives ``b"data"``, ``b"labels"`` (CIFAR-100:
+Each file is a dict pickled with Python 2's cPickle. Its keys are Python 2 strings:
+``pickle.load(f, encoding="bytes")`` gives ``b"data"``, ``b"labels"`` (CIFAR-100:
 ``b"fine_labels"`` and ``b"coarse_labels"``), ``b"filenames"``, ``b"batch_label"``; with
 ``encoding="latin1"`` (torchvision's choice) the same keys come back as ``str``.
 ``data`` is a uint8 array of shape (N, 3072): per image, the 1,024 red values, then
 green, then blue, each plane row-major. So ``data.reshape(N, 3, 32, 32)`` is already
 (image, channel, row, column).
 
-``write_fake_cifar`` writes a small generated set in exactly this format (same
-pickle protocol, Python 2 string keys, the numpy array pickled as NumPy 1.x on
-Python 2 pickles it), so tests read it through the same code as the real files,
-and torchvision's own reader accepts it too. Its images are class-dependent
-colour patterns plus noise: learnable, but numbers measured on them are not
-meaningful for CIFAR.
+``write_fake_cifar`` writes a small generated set in this format: pickle protocol 2
+(the highest cPickle has), Python 2 string opcodes for every string, the array
+pickled as NumPy 1.x did (``numpy.core.multiarray._reconstruct``), so both encodings
+load it as they load the real files. Tests read it through the same code as the real
+files, and torchvision's own reader accepts it too (only its MD5 check must be
+skipped). Its images are class-dependent colour patterns plus noise: learnable, but
+numbers measured on them are not meaningful for CIFAR.
 """
 from __future__ import annotations
 

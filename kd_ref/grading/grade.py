@@ -1,9 +1,10 @@
 """Grade a learner's exercise notebook locally: run it, then run each question's checks.
 
 The notebook runs top to bottom in a fresh kernel (errors allowed, each cell under a
-time limit); then every question's otter test file (public and hidden checks) runs
-in the same kernel under its own time limit. A question whose checks raise, fail or
-time out scores 0 for the failed part; the other questions are still graded.
+time limit); then, after importing what the checks import (untimed), every question's
+otter test file (public and hidden checks) runs in the same kernel under its own time
+limit. A question whose checks raise, fail or time out scores 0 for the failed part;
+the other questions are still graded.
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from nbclient.exceptions import DeadKernelError
 from .assign import SOLUTIONS, master_for, question_tests
 
 _MARK = "KD_REF_GRADE_RESULT "
+
+# Run once before the timed checks, under the cell time limit: the checks import these, and
+# on a busy machine the first import alone can take seconds that are not the learner's.
+_WARM_UP = "import kd_ref as _kd_ref, otter.test_files as _kd_otter_test_files"
 
 _CHECK = '''
 import json as _kd_json
@@ -128,6 +133,9 @@ def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: flo
             for index, cell in enumerate(nb.cells):
                 if cell.cell_type == "code":
                     client.execute_cell(cell, index)
+            warm_up = nbformat.v4.new_code_cell(_WARM_UP)
+            nb.cells.append(warm_up)
+            client.execute_cell(warm_up, len(nb.cells) - 1)
             client.timeout = question_timeout
             for test in tests:
                 check = nbformat.v4.new_code_cell(_CHECK.format(path=str(test), mark=_MARK))

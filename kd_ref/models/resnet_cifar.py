@@ -28,6 +28,13 @@ Each stage output is taken after the block's final ReLU (the features AT, FitNet
 SP use in the CRD benchmark); ``layerK.i`` is the output of block i of stage K.
 
 Exact parameter counts (10 classes / 100 classes) are in ``PARAMETERS`` and tested.
+
+Small widths: the tiny networks of the smoke profile (``resnet8_tiny``, ``resnet8_w8``)
+keep at least 8 channels going into every stride-2 1x1 shortcut. With fewer (say 4),
+the backward pass of that convolution in channels-last memory format corrupts memory
+and kills the process on x86 CPUs without AVX-512 (oneDNN's AVX2 1x1 weight-gradient
+kernel, PyTorch 2.15, seen on an AMD EPYC); ``tests/test_cifar_models.py`` trains a step
+of every listed network channels-last in a subprocess to catch it.
 """
 from __future__ import annotations
 
@@ -128,8 +135,8 @@ ARCHITECTURES = {
     "resnet110": (110, (16, 16, 32, 64)),
     "resnet8x4": (8, (32, 64, 128, 256)),
     "resnet32x4": (32, (32, 64, 128, 256)),
-    "resnet8_w4": (8, (4, 4, 8, 16)),
-    "resnet14_w8": (14, (8, 8, 16, 32)),
+    "resnet8_tiny": (8, (8, 8, 8, 16)),     # the smoke student; see "Small widths" above
+    "resnet8_w8": (8, (8, 8, 16, 32)),
 }
 
 # Exact counts of this implementation, (CIFAR-10, CIFAR-100); tested.

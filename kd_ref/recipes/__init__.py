@@ -3,9 +3,9 @@
 Each module has ``register(subparsers)``, which adds its subcommand and sets
 ``run=callable(args) -> int`` as the subcommand's default.
 """
-from . import digits, grade
+from . import bench, cifar, digits, grade, text
 
-RECIPES = (digits, grade)
+RECIPES = (digits, cifar, text, grade, bench)
 
 
 def register_all(subparsers) -> None:

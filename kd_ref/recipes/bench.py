@@ -1,0 +1,183 @@
+"""``kd-ref bench cifar-pipeline``: images/s of the device-resident pipeline vs a DataLoader.
+
+Both pipelines do the same work: shuffle, random crop 32 with 4-pixel zero padding,
+horizontal flip, conversion to float and per-channel normalisation, in batches of 64,
+then the batch on the device.
+
+- baseline: ``torch.utils.data.DataLoader`` over a dataset that returns a PIL image per
+  index (what ``torchvision.datasets.CIFAR10.__getitem__`` does) with torchvision's
+  ``Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), ToTensor(),
+  Normalize(mean, std)])``, with 0 worker processes and with one per CPU core;
+- ``kd_ref.data.device_pipeline.DeviceBatches``: uint8 images on the device, each batch
+  a few tensor operations.
+
+Two figures each: **loader only** (iterate one epoch, nothing else) and **end to end**
+(the same student network takes an SGD step on every batch, as in ``kd-ref cifar``).
+End to end, the network's cost is the same for all, so the gap narrows wherever the
+network, not the loader, is the bottleneck (small CPUs). Numbers are measured, never
+asserted in tests; they depend on the machine and on what else runs on it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from ..cli import CommandError
+from ..data.cifar import channel_stats, has_cifar, load_cifar, write_fake_cifar
+from ..data.device_pipeline import DeviceBatches
+from ..models import count_parameters
+from ..models.resnet_cifar import cifar_resnet
+from ..profiles import get_profile, profile_device
+from .cifar import CONFIGS
+
+# profile -> (images, end-to-end batches per pipeline)
+SIZES = {"smoke": (512, 3), "cpu": (10_000, 20), "gpu": (50_000, 300)}
+BATCH = 64
+
+
+class PILImages(torch.utils.data.Dataset):
+    """uint8 ``(N, 3, 32, 32)`` images served one PIL image at a time through ``transform``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.hwc = images.permute(0, 2, 3, 1).numpy()            # (N, 32, 32, 3), as torchvision stores CIFAR
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.hwc[i])), self.labels[i]
+
+
+def dataloader(images, labels, mean, std, workers: int, pin: bool):
+    from torchvision import transforms
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return torch.utils.data.DataLoader(PILImages(images, labels, transform), batch_size=BATCH, shuffle=True,
+                                       num_workers=workers, pin_memory=pin, drop_last=True,
+                                       persistent_workers=workers > 0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loader_rate(batches, device: torch.device) -> float:
+    """Images per second over one epoch (after a first batch that starts any workers)."""
+    iterator = iter(batches)
+    next(iterator)
+    n, start = 0, time.perf_counter()
+    for x, _ in iterator:
+        x = x.to(device, non_blocking=True)
+        n += len(x)
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def training_rate(batches, model: torch.nn.Module, device: torch.device, steps: int) -> float:
+    """Images per second of ``steps`` SGD steps on ``model`` fed by ``batches`` (after one warm-up step)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    n, start = 0, None
+    while True:
+        for x, y in batches:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if start is None:             # the first step warms up kernels and workers
+                _sync(device)
+                start = time.perf_counter()
+                continue
+            n += len(x)
+            if n >= steps * BATCH:
+                _sync(device)
+                return n / (time.perf_counter() - start)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="benchmarks: images/s of kd_ref's CIFAR pipeline vs a DataLoader",
+        description="Measure images/s of the device-resident CIFAR pipeline and of a torchvision DataLoader "
+                    "with the same augmentation, loader only and end to end (an SGD step of the profile's "
+                    "student per batch). Uses real CIFAR from --data when present, else a generated set "
+                    "in the real on-disk format (same image size, so the same speed).")
+    parser.add_argument("which", choices=["cifar-pipeline"], help="what to measure")
+    parser.add_argument("--profile", help="smoke, cpu, gpu or auto (default: $KD_PROFILE, else auto)")
+    parser.add_argument("--data", metavar="DIR", default="data", help="folder with real CIFAR (default: data)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader worker processes for the second baseline row (default: CPU cores)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        profile = get_profile(args.profile)
+    except ValueError as err:
+        raise CommandError(err) from None
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise CommandError(f"--workers must be >= 1, got {workers}")
+    device = profile_device(profile)
+    if device.type == "cpu":
+        # One thread for every pipeline (DataLoader workers use one each): a batch's tensor
+        # operations are small, and on a busy machine multi-threaded ones stall badly.
+        torch.set_num_threads(1)
+    n_images, steps = SIZES[profile]
+    student = CONFIGS[profile].student
+    with ExitStack() as stack:
+        if has_cifar(args.data, "cifar10"):
+            try:
+                data = load_cifar(args.data, "cifar10")
+            except (FileNotFoundError, ValueError) as err:
+                raise CommandError(err) from None
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kd-ref-bench-"))
+            data = load_cifar(write_fake_cifar(tmp, "cifar10", n_images, 10, seed=0).parent, "cifar10")
+        images, labels = data.train_images[:n_images], data.train_labels[:n_images]
+        what = ("generated CIFAR-10-format images (same size as CIFAR, so the same cost)" if data.generated
+                else f"real CIFAR-10 from {Path(args.data)}")
+        mean, std = channel_stats(images)
+        device_batches = DeviceBatches(images, labels, BATCH, mean=mean, std=std, device=device, augment=True,
+                                       shuffle=True, drop_last=True)
+        pin = device.type == "cuda"
+        pipelines = [
+            ("torchvision DataLoader, 0 workers", dataloader(images, labels, mean, std, 0, pin)),
+            (f"torchvision DataLoader, {workers} workers", dataloader(images, labels, mean, std, workers, pin)),
+            (f"kd_ref DeviceBatches on {device.type}", device_batches),
+        ]
+        torch.manual_seed(0)
+        model = cifar_resnet(student).to(device, memory_format=torch.channels_last)
+        print(f"kd-ref bench cifar-pipeline | profile {profile} | device {device} | torch threads "
+              f"{torch.get_num_threads()} | CPU cores {os.cpu_count()}")
+        print(f"data: {len(images):,} {what}; batch {BATCH}; augmentation: random crop 32, padding 4, "
+              f"horizontal flip, normalise")
+        print(f"end to end: SGD steps of {student} ({count_parameters(model):,} parameters), {steps} batches"
+              + (", bf16 autocast" if device.type == "cuda" else ""))
+        rows = []
+        for name, batches in pipelines:
+            rows.append((name, loader_rate(batches, device), training_rate(batches, model, device, steps)))
+    base_loader, base_e2e = rows[0][1], rows[0][2]
+    width = max(len(r[0]) for r in rows) + 2
+    print()
+    print(f"{'pipeline':<{width}}{'loader img/s':>14}{'end-to-end img/s':>18}")
+    for name, loader, e2e in rows:
+        print(f"{name:<{width}}{loader:>14,.0f}{e2e:>18,.0f}")
+    print(f"{'kd_ref vs DataLoader, 0 workers':<{width}}{rows[-1][1] / base_loader:>13.1f}x"
+          f"{rows[-1][2] / base_e2e:>17.1f}x")
+    print(f"{f'kd_ref vs DataLoader, {workers} workers':<{width}}{rows[-1][1] / rows[1][1]:>13.1f}x"
+          f"{rows[-1][2] / rows[1][2]:>17.1f}x")
+    return 0
+

@@ -1,0 +1,365 @@
+"""``kd-ref cifar``: a teacher, a scratch student and one student per distillation method on CIFAR.
+
+For each seed: train the teacher once, then, from the same initial student weights,
+the scratch student and one student per method; score each on the test split once, at
+the end (accuracy, and fidelity = top-1 agreement with the teacher). Settings are
+never chosen on the test split: the validation split (5,000 training images, seed 0)
+is what the per-epoch log reports.
+
+Methods and loss weights (``kd_ref.distillers``), those of the CIFAR-100 benchmark
+scripts of the CRD repository (Tian, Krishnan & Isola 2020, "Contrastive
+Representation Distillation", ICLR; ``scripts/run_cifar_distill.sh``) unless noted:
+
+    kd      0.1 CE + 0.9 kd_loss, T = 4
+    fitnet  CE + 100 hint_loss(ConvRegressor(layer2 of the student), layer2 of the teacher)
+    at      CE + 500 sum of at_loss over layer1..3 (beta / 2 with beta = 1000: the AT
+            authors' code; the CRD script uses 1000)
+    rkd     CE + rkd_loss(embeddings), distance weight 25, angle weight 50
+    sp      CE + 3000 sp_loss(layer3)
+    dkd     CE + dkd_loss(alpha 1, beta 8, T 4), its weight warmed up linearly over the
+            first 20 of 240 epochs (mdistiller, Zhao et al. 2022; the same fraction of
+            shorter runs, raised every step)
+
+Feature methods get no KD term, as in the CRD benchmark table.
+
+Optimisation (``kd_ref.train.SGDSchedule``): SGD, momentum 0.9 (Nesterov), weight decay
+5e-4, batch 64, lr 0.05 for teachers and students, x0.1 after 150, 180 and 210 of 240
+epochs (the CRD and mdistiller recipe; shorter profiles scale the milestones).
+Augmentation: random crop with 4-pixel padding and horizontal flip, on the device
+(``kd_ref.data.device_pipeline``). bf16 autocast on CUDA; channels-last everywhere.
+
+Profiles (sizes are per seed):
+
+    smoke  resnet8_w8 -> resnet8_tiny, 256 / 64 / 128 images (a generated set in the
+           real on-disk format unless real CIFAR is found), 3 + 2 epochs: seconds, CI
+    cpu    resnet20 -> resnet8, 5,000 training / 1,000 validation images of real CIFAR,
+           full 10,000-image test set, 15 epochs each
+    gpu    resnet32x4 -> resnet8x4, 45,000 / 5,000 / 10,000 images, 240 epochs each
+
+Checkpoints go to ``--checkpoints DIR`` (default runs/cifar), one file per model and
+seed, after every epoch; ``--resume`` continues a killed run (``kd_ref.train.fit``).
+Under ``torchrun --nproc_per_node=N`` the same command trains with
+DistributedDataParallel (``kd_ref.distributed``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import distributed
+from ..cli import CommandError
+from ..data.cifar import PUBLISHED_STATS, SPECS, CifarData, channel_stats, has_cifar, load_cifar, write_fake_cifar
+from ..data.device_pipeline import DeviceBatches
+from ..distillers import (AttentionKD, DecoupledKD, FitNetKD, LogitKD, RelationKD, Scratch, SimilarityKD,
+                          feature_shapes)
+from ..models import count_parameters
+from ..models.resnet_cifar import STAGES, cifar_resnet
+from ..profiles import get_profile, profile_device
+from ..regressor import ConvRegressor
+from ..report import check_writable, format_table, summarize, write_json
+from ..train import SGDSchedule, evaluate, fit, seed_everything
+
+METHODS = ("kd", "fitnet", "at", "rkd", "sp", "dkd")
+SPLIT_SEED = 0           # the train / validation split is the same for every run
+VAL_SIZE = 5_000         # validation images carved from the 50,000 training images
+
+
+@dataclass(frozen=True)
+class CifarConfig:
+    """Sizes and hyper-parameters of one profile (see the module docstring)."""
+
+    teacher: str
+    student: str
+    teacher_epochs: int
+    student_epochs: int
+    train_size: int | None = None     # None: every training image not in the validation split
+    val_size: int = VAL_SIZE          # validation images used (taken from the 5,000 held out)
+    test_size: int | None = None      # None: the whole test set
+    batch_size: int = 64
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    eval_batch_size: int = 500
+    generated_train: int = 640        # size of the generated set when real CIFAR is absent (smoke)
+    generated_test: int = 128
+
+
+CONFIGS = {
+    "smoke": CifarConfig("resnet8_w8", "resnet8_tiny", teacher_epochs=3, student_epochs=2, val_size=64,
+                         generated_train=320, generated_test=128),
+    "cpu": CifarConfig("resnet20", "resnet8", teacher_epochs=15, student_epochs=15, train_size=5_000,
+                       val_size=1_000),
+    "gpu": CifarConfig("resnet32x4", "resnet8x4", teacher_epochs=240, student_epochs=240),
+}
+
+PUBLISHED = """\
+Published reference (not this run): resnet32x4 -> resnet8x4 on CIFAR-100, 240 epochs, test accuracy %:
+  teacher 79.42, student from scratch 72.50, KD 73.33, FitNet 73.50, AT 73.44, SP 72.94, RKD 71.90
+  (Tian, Krishnan & Isola 2020, CRD: the benchmark table of the authors' repository, HobbitLong/RepDistiller).
+  Comparable only with --profile gpu --dataset cifar100; they report one run per method."""
+
+
+@dataclass(frozen=True)
+class CifarSplit:
+    """Train / validation / test images (uint8) and labels, and what they are."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    num_classes: int
+    description: str
+    generated: bool
+
+
+def split_cifar(data: CifarData, config: CifarConfig) -> CifarSplit:
+    """Hold out ``VAL_SIZE`` training images (seeded), then take the profile's subsets."""
+    n = len(data.train_labels)
+    n_val = min(VAL_SIZE, n // 5)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = order[:n_val][:config.val_size], order[n_val:]
+    if config.train_size is not None:
+        train_idx = train_idx[:config.train_size]
+    n_test = len(data.test_labels) if config.test_size is None else min(config.test_size, len(data.test_labels))
+    spec = SPECS[data.name]
+    kind = ("generated in the real on-disk format: numbers are not meaningful" if data.generated
+            else f"real, {data.folder}")
+    description = (f"{spec.title} ({kind}): train {len(train_idx):,} / val {len(val_idx):,} / test {n_test:,}, "
+                   f"validation split seed {SPLIT_SEED}")
+    return CifarSplit(
+        train=(data.train_images[train_idx], data.train_labels[train_idx]),
+        val=(data.train_images[val_idx], data.train_labels[val_idx]),
+        test=(data.test_images[:n_test], data.test_labels[:n_test]),
+        num_classes=spec.num_classes, description=description, generated=data.generated,
+    )
+
+
+def make_distiller(method: str, student: torch.nn.Module, teacher: torch.nn.Module, config: CifarConfig,
+                   example: torch.Tensor):
+    """The distiller of ``method`` with the weights of the module docstring."""
+    if method == "scratch":
+        return Scratch(student)
+    if method == "kd":
+        return LogitKD(student, teacher, T=4.0, kd_weight=0.9, ce_weight=0.1)
+    if method == "fitnet":
+        s_shape = feature_shapes(student, ["layer2"], example)["layer2"]      # (B, C_s, H_s, W_s)
+        t_shape = feature_shapes(teacher, ["layer2"], example)["layer2"]      # (B, C_t, H_t, W_t)
+        regressor = ConvRegressor(s_shape[1], t_shape[1], s_shape[2], t_shape[2], relu=True)
+        return FitNetKD(student, teacher, "layer2", "layer2", regressor.to(example.device), hint_weight=100.0)
+    if method == "at":
+        return AttentionKD(student, teacher, STAGES, STAGES, at_weight=1000.0 / 2)
+    if method == "rkd":
+        return RelationKD(student, teacher, "embedding", "embedding", rkd_weight=1.0)
+    if method == "sp":
+        return SimilarityKD(student, teacher, ["layer3"], ["layer3"], sp_weight=3000.0)
+    if method == "dkd":
+        warmup = 20 * config.student_epochs / 240              # 20 of 240 epochs, scaled to the run
+        return DecoupledKD(student, teacher, alpha=1.0, beta=8.0, T=4.0, warmup_epochs=warmup)
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def run_seed(seed: int, config: CifarConfig, split: CifarSplit, methods: list[str], *, device: torch.device,
+             info: distributed.DistInfo | None = None, checkpoints: Path | None = None, resume: bool = False,
+             run_info: dict | None = None, label_smoothing: float = 0.0,
+             autocast_dtype: torch.dtype | None = None, compile_models: bool = False) -> dict:
+    """Train the teacher and every student with ``seed``; ``{name: {metric: value}}`` on the test split."""
+    info = info or distributed.DistInfo(device=device)
+    stats = channel_stats(split.train[0])
+    train_batches = DeviceBatches(*split.train, config.batch_size, mean=stats[0], std=stats[1], device=device,
+                                  augment=True, shuffle=True, seed=seed, drop_last=True,
+                                  rank=info.rank, world_size=info.world_size)
+    val_batches = DeviceBatches(*split.val, config.eval_batch_size, mean=stats[0], std=stats[1], device=device)
+    test_batches = DeviceBatches(*split.test, config.eval_batch_size, mean=stats[0], std=stats[1], device=device)
+    example = next(iter(val_batches))[0][:2]                                   # (2, 3, 32, 32), for shapes
+
+    def train(name, distiller, epochs):
+        distiller.to(device, memory_format=torch.channels_last)
+        if compile_models:
+            distiller.student.compile()
+        path = None if checkpoints is None else checkpoints / f"seed{seed}" / f"{name}.pt"
+        fit(distiller, train_batches, epochs=epochs, lr=config.lr, weight_decay=config.weight_decay,
+            device=device, val_batches=val_batches, autocast_dtype=autocast_dtype, desc=f"seed {seed} {name}",
+            sgd=SGDSchedule.scaled(epochs), checkpoint=path, resume=resume,
+            run_info={**(run_info or {}), "seed": seed, "model": name, "epochs": epochs})
+        train_batches.generator.manual_seed(seed)       # every model sees the same epochs of data
+        if not distributed.replicas_agree(distiller):
+            raise RuntimeError(f"seed {seed} {name}: the DistributedDataParallel replicas disagree")
+
+    # Each model's initial weights depend only on the seed (not on what ran before), so a
+    # resumed run builds exactly the models of an uninterrupted one.
+    seed_everything(seed)
+    teacher = cifar_resnet(config.teacher, split.num_classes)
+    train("teacher", Scratch(teacher, label_smoothing=label_smoothing), config.teacher_epochs)
+    results = {"teacher": evaluate(teacher, test_batches, device)}
+    seed_everything(seed)
+    initial_student = cifar_resnet(config.student, split.num_classes)
+    for method in ["scratch", *methods]:
+        student = copy.deepcopy(initial_student).to(device, memory_format=torch.channels_last)
+        seed_everything(seed)                                  # e.g. the FitNets regressor's initial weights
+        distiller = make_distiller(method, student, teacher, config, example)
+        train(f"student_{method}", distiller, config.student_epochs)
+        if hasattr(distiller, "remove_hooks"):
+            distiller.remove_hooks()
+        results[f"student_{method}"] = evaluate(student, test_batches, device, teacher=teacher)
+    return results
+
+
+def summarize_runs(per_seed: list[dict]) -> list[dict]:
+    """Result rows: accuracy of every model, then fidelity of the students."""
+    rows = []
+    for metric in ("accuracy", "fidelity"):
+        for name in per_seed[0]:
+            if metric in per_seed[0][name]:
+                rows.append(summarize(name, metric, [run[name][metric] for run in per_seed]))
+    return rows
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def method_list(text: str) -> list[str]:
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {','.join(METHODS)}")
+    return [m for m in METHODS if m in methods]        # the table's order, whatever the order given
+
+
+def smoothing(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cifar", help="teacher, scratch student and feature/relation/logit KD students on CIFAR-10/100",
+        description="Train a CIFAR ResNet teacher, then a scratch student and one student per method; print "
+                    "test accuracy and fidelity (mean ± std over seeds). Profiles: smoke (seconds, generated "
+                    "data when real CIFAR is absent), cpu (a real CIFAR subset, minutes), gpu (the full "
+                    "240-epoch runs). Works under torchrun --nproc_per_node=N (DistributedDataParallel).")
+    parser.add_argument("--profile", help="smoke, cpu, gpu or auto (default: $KD_PROFILE, else auto)")
+    parser.add_argument("--data", metavar="DIR", default="data",
+                        help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: data)")
+    parser.add_argument("--dataset", choices=sorted(SPECS), default="cifar10", help="default cifar10")
+    parser.add_argument("--methods", type=method_list, default=list(METHODS),
+                        help=f"comma-separated, from {','.join(METHODS)} (default: all)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--download", action="store_true", help="fetch the data set with torchvision if absent")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints of a killed run")
+    parser.add_argument("--checkpoints", metavar="DIR", default="runs/cifar",
+                        help="where checkpoints go (default: runs/cifar)")
+    parser.add_argument("--teacher-label-smoothing", type=smoothing, default=0.0, metavar="EPS",
+                        help="train the teacher with label smoothing EPS (Müller et al. 2019; default 0)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.set_defaults(run=run)
+
+
+def _load_data(args, profile: str, config: CifarConfig, stack: ExitStack) -> CifarData:
+    root = Path(args.data)
+    if has_cifar(root, args.dataset) or args.download or profile != "smoke":
+        try:
+            return load_cifar(root, args.dataset, download=args.download)
+        except (FileNotFoundError, ValueError) as err:
+            raise CommandError(err) from None
+        except (OSError, RuntimeError) as err:      # torchvision's downloader: no network, bad archive
+            raise CommandError(f"download of {args.dataset} failed ({err}); download it by hand into {root}") from None
+    # smoke without real data: a generated set in the real format, read through the same reader
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kd-ref-cifar-"))
+    write_fake_cifar(tmp, args.dataset, config.generated_train, config.generated_test, seed=0)
+    return load_cifar(tmp, args.dataset)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``cifar`` subcommand: check the arguments, train every seed, print and save the results."""
+    try:
+        profile = get_profile(args.profile)
+    except ValueError as err:
+        raise CommandError(err) from None
+    if args.json is not None:
+        try:
+            check_writable(args.json)
+        except OSError as err:
+            raise CommandError(f"cannot write --json {args.json!r}: {err.strerror or err}") from None
+    config = CONFIGS[profile]
+    info = distributed.setup(profile_device(profile))
+    device = info.device
+    say = print if info.is_main else (lambda *a, **k: None)
+    if device.type == "cpu" and profile == "smoke":
+        torch.set_num_threads(1)     # tiny models: one thread is as fast, and the numbers are machine-stable
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    with ExitStack() as stack:
+        stack.callback(distributed.teardown)
+        split = split_cifar(_load_data(args, profile, config, stack), config)
+        if len(split.train[1]) < config.batch_size:
+            raise CommandError(f"only {len(split.train[1])} training images, fewer than one batch "
+                               f"({config.batch_size}); is {args.data} complete?")
+        ls = args.teacher_label_smoothing
+        checkpoints = Path(args.checkpoints) / (f"{profile}-{args.dataset}" + (f"-ls{ls:g}" if ls else ""))
+        run_info = {"profile": profile, "dataset": args.dataset, "generated": split.generated,
+                    "teacher": config.teacher, "student": config.student, "label_smoothing": ls,
+                    "world_size": info.world_size}
+        mean, std = channel_stats(split.train[0])
+        published = PUBLISHED_STATS[args.dataset]
+        say(f"kd-ref cifar | profile {profile} | device {device}"
+            + (f" x {info.world_size} processes (DistributedDataParallel)" if info.world_size > 1 else "")
+            + f" | seeds 0..{args.seeds - 1}")
+        say(f"data: {split.description}")
+        say("normalisation, computed on the training split: mean " + ", ".join(f"{v:.4f}" for v in mean)
+            + " / std " + ", ".join(f"{v:.4f}" for v in std)
+            + f" (published for the real set: {published[0]} / {published[1]})")
+        n_t = count_parameters(cifar_resnet(config.teacher, split.num_classes))
+        n_s = count_parameters(cifar_resnet(config.student, split.num_classes))
+        say(f"teacher {config.teacher}: {n_t:,} parameters, {config.teacher_epochs} epochs"
+            + (f", label smoothing {ls:g}" if ls else "")
+            + f"; student {config.student}: {n_s:,} parameters, {config.student_epochs} epochs; "
+            f"methods: {', '.join(args.methods)}")
+        say(f"checkpoints: {checkpoints}" + (" (resuming)" if args.resume else ""))
+
+        start = time.perf_counter()
+        per_seed = [run_seed(seed, config, split, args.methods, device=device, info=info, checkpoints=checkpoints,
+                             resume=args.resume, run_info=run_info, label_smoothing=ls,
+                             autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                             compile_models=args.compile)
+                    for seed in range(args.seeds)]
+        seconds = time.perf_counter() - start
+        rows = summarize_runs(per_seed)
+
+        say()
+        say(f"profile {profile} | data: {split.description}")
+        say(format_table(rows, ["accuracy", "fidelity"], labels={"accuracy": "test accuracy"}))
+        say(f"(mean ± std over {args.seeds} seed(s); fidelity = top-1 agreement with the teacher; {seconds:.0f} s)")
+        if split.generated:
+            say("generated data: numbers are not meaningful (run with real CIFAR: --profile cpu --download)")
+        if info.world_size > 1:
+            say(f"DistributedDataParallel: the {info.world_size} replicas held identical weights after every run")
+        say()
+        say(PUBLISHED)
+        if args.json is not None and info.is_main:
+            try:
+                write_json(args.json, profile=profile, data=split.description, device=str(device),
+                           seconds=seconds, rows=rows)
+            except OSError as err:
+                raise CommandError(f"cannot write --json {args.json!r}: {err.strerror or err}") from None
+            say(f"\nwrote {args.json}")
+    return 0
