@@ -53,7 +53,7 @@ def load_text(path: str | Path | None = None) -> tuple[str, str]:
         raise ValueError(f"cannot read text file {str(path)!r}: {err.strerror or err}") from None
     if not text:
         raise ValueError(f"text file {str(path)!r} is empty")
-    return text, f"{path.name} ({len(text):,} characters)"
+    return text, str(path)
 
 
 class CharVocab:
