@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (kd_ref)" >/dev/null
 	touch $(STAMP)
 
-# The smoke profile keeps every training run in CI to seconds.
+# The smoke profile keeps every training run in CI to seconds; one worker per core, each
+# notebook and test file whole on one worker (nbval runs a notebook's cells in one kernel).
 test: $(STAMP)
-	KD_PROFILE=smoke $(PY) -m pytest
+	KD_PROFILE=smoke $(PY) -m pytest -n auto --dist loadfile
 
 # --allow-root only when run as root (containers); JupyterLab refuses root otherwise.
 lab: $(STAMP)

@@ -53,41 +53,46 @@ def _otter_assign(master: Path, out_dir: Path) -> None:
         raise RuntimeError(f"otter assign failed for {master}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
 
 
+_CACHE_DIR = tempfile.TemporaryDirectory(prefix="kd_ref_grading_")
+_ASSIGNED: dict[tuple[str, int], Path] = {}
+
+
+def _assigned(master: Path) -> Path:
+    """The folder of ``otter assign``'s output for ``master`` (``student/``, ``autograder/``).
+
+    Made once per master file version and process (otter assign takes seconds), and
+    shared by :func:`learner_notebook` and :func:`question_tests`.
+    """
+    master = Path(master).resolve()
+    key = (str(master), master.stat().st_mtime_ns)
+    if key not in _ASSIGNED:
+        out = Path(_CACHE_DIR.name) / f"{master.stem}-{len(_ASSIGNED)}"
+        _otter_assign(master, out)
+        _ASSIGNED[key] = out
+    return _ASSIGNED[key]
+
+
 def learner_notebook(master: Path) -> nbformat.NotebookNode:
     """The learner's form of ``master``: solutions removed, public checks kept in its metadata."""
-    with tempfile.TemporaryDirectory() as tmp:
-        _otter_assign(Path(master), Path(tmp))
-        nb = nbformat.read(Path(tmp) / "student" / Path(master).name, as_version=4)
+    nb = nbformat.read(_assigned(master) / "student" / Path(master).name, as_version=4)
     for i, cell in enumerate(nb.cells):               # stable ids: regenerating gives identical files
         cell["id"] = f"cell-{i:03d}"
     return nb
 
 
-_TESTS_CACHE: dict[tuple[str, int], list[Path]] = {}
-_CACHE_DIR = tempfile.TemporaryDirectory(prefix="kd_ref_grading_")
-
-
 def question_tests(master: Path) -> list[Path]:
-    """Every question's test file (public and hidden checks) of ``master``, in question order.
-
-    Generated once per master file version and process (otter assign takes seconds).
-    """
-    master = Path(master).resolve()
-    key = (str(master), master.stat().st_mtime_ns)
-    if key not in _TESTS_CACHE:
-        dest = Path(_CACHE_DIR.name) / f"{master.stem}-{len(_TESTS_CACHE)}"
-        with tempfile.TemporaryDirectory() as tmp:
-            _otter_assign(master, Path(tmp))
-            archive = next((Path(tmp) / "autograder").glob("*.zip"))
-            with zipfile.ZipFile(archive) as zf:
-                names = [n for n in zf.namelist() if n.startswith("tests/") and n.endswith(".py")]
-                dest.mkdir(parents=True)
-                for name in names:
-                    (dest / Path(name).name).write_bytes(zf.read(name))
-        order = _question_order(master)
-        _TESTS_CACHE[key] = sorted(dest.glob("*.py"),
-                                   key=lambda p: order.index(p.stem) if p.stem in order else len(order))
-    return _TESTS_CACHE[key]
+    """Every question's test file (public and hidden checks) of ``master``, in question order."""
+    out = _assigned(master)
+    dest = out / "tests"
+    if not dest.exists():
+        archive = next((out / "autograder").glob("*.zip"))
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if n.startswith("tests/") and n.endswith(".py")]
+            dest.mkdir()
+            for name in names:
+                (dest / Path(name).name).write_bytes(zf.read(name))
+    order = _question_order(Path(master))
+    return sorted(dest.glob("*.py"), key=lambda p: order.index(p.stem) if p.stem in order else len(order))
 
 
 def _question_order(master: Path) -> list[str]:

@@ -1,6 +1,39 @@
 """``kd-ref text``: a character-level transformer distilled into a smaller one.
 
-(Settings and their history: see "How the settings were chosen" below.)
+For each seed: train a ``CharGPT`` teacher on the training blocks of the corpus; then,
+from **one** initial student and on **one** seeded sequence of training crops, three
+students for the same number of steps, so the loss is the only difference between them:
+
+    student_scratch         cross-entropy on the next character            (TokenCE)
+    student_kd              kd_weight T^2 KL(p_t || p_s) at every position
+                            + ce_weight CE                                  (TokenKD)
+    student_kd_hidden_attn  the same + hidden_weight hidden-state MSE through learned
+                            projections + attention_weight attention KL, on TinyBERT's
+                            uniform layer map                               (TokenKDHiddenAttention)
+
+The result is the validation bits per character (every validation character scored
+once), mean and std over seeds, with the paired differences (``kd_effect``).
+
+Profiles (``CONFIGS``):
+
+    smoke  teacher 2 x 32, student 1 x 16, context 32, 120 / 80 steps, 3,000 validation
+           characters: seconds, for CI; the numbers are not meaningful
+    cpu    teacher 4 x 96 (473,472 parameters), student 2 x 48 (69,600), context 64,
+           600 / 400 steps of 32 windows; measured: see the README (2-core CPU)
+    gpu    teacher 6 x 384, context 256 (10.8M parameters, the size of nanoGPT's
+           character-level model), student 3 x 192 (1.4M), 5,000 / 2,500 steps of 64
+           windows; not measured
+
+How the settings were chosen. The model sizes are fixed by the budget (cpu: about ten
+minutes on two cores) and by the attention KL (equal head counts; the teacher's depth a
+multiple of the student's for the uniform map). The optimiser settings (AdamW, warm-up,
+cosine to a tenth, clipping at 1) are the usual ones for small GPTs. The loss settings
+(T, the weights, the students' learning rate) were chosen in short runs on the
+**validation split**, which is also what the table reports: every row is therefore a
+little optimistic, the comparison between rows stays paired and fair, and there is no
+separate test split for text. The record of those runs was lost with the session that
+made them; what was measured again is in ``notebooks/07_transformer_distillation.ipynb``
+(section 8) and the README.
 """
 from __future__ import annotations
 
