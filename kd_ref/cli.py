@@ -14,6 +14,40 @@ class CommandError(Exception):
     """An expected failure (bad option value, unwritable path, missing data): no traceback."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type of ``--seeds`` and the like: an integer >= 1, else a one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def check_json_option(path: str | None) -> None:
+    """Refuse an unwritable ``--json PATH`` before any work starts (None: no JSON asked for)."""
+    if path is None:
+        return
+    from .report import check_writable
+    try:
+        check_writable(path)
+    except OSError as err:
+        raise CommandError(f"cannot write --json {path!r}: {err.strerror or err}") from None
+
+
+def save_json_option(path: str | None, **result) -> None:
+    """Write a recipe's result to ``--json PATH`` (``kd_ref.report.write_json``) and say so."""
+    if path is None:
+        return
+    from .report import write_json
+    try:
+        write_json(path, **result)
+    except OSError as err:
+        raise CommandError(f"cannot write --json {path!r}: {err.strerror or err}") from None
+    print(f"\nwrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd-ref", description="Knowledge-distillation recipes from kd_ref.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -16,13 +16,7 @@ from kd_ref.data.cifar import (CifarFormatError, channel_stats, has_cifar, load_
 from kd_ref.data.device_pipeline import DeviceBatches, crop_flip, normalize, pad_channels_last
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread, as the smoke profile uses: tiny models run as fast, and the numbers are machine-stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from kd_ref.models import DigitsCNN, count_parameters
 from kd_ref.models.resnet_cifar import ARCHITECTURES, PARAMETERS, CifarResNet, cifar_resnet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread, as the smoke profile uses: tiny models run as fast, and the numbers are machine-stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETERS))

@@ -16,11 +16,7 @@ from kd_ref.data.cifar import write_fake_cifar
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)   # the smoke profile sets one thread on the CPU
+pytestmark = pytest.mark.usefixtures("restore_threads")   # tests/conftest.py
 
 
 def cli(*args, timeout=300):

@@ -9,13 +9,7 @@ from kd_ref.models.resnet_cifar import cifar_resnet
 from kd_ref.train import SGDSchedule, fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread, as the smoke profile uses: tiny models run as fast, and the numbers are machine-stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 STATS = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 

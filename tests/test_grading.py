@@ -4,7 +4,6 @@ Solutions score full marks; untouched exercises score 0 without crashing the gra
 answers with the seeds' mistakes lose their points; an answer that raises or loops
 forever scores 0 for its question while the others are still graded.
 """
-import copy
 import re
 import textwrap
 

@@ -1,5 +1,4 @@
 """RKD and similarity-preserving losses against loop-by-loop NumPy and gradcheck."""
-import numpy as np
 import pytest
 import torch
 

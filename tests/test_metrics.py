@@ -1,5 +1,4 @@
 """Accuracy, fidelity and expected calibration error against hand-computed values and NumPy."""
-import numpy as np
 import pytest
 import torch
 

@@ -2,17 +2,12 @@
 import json
 
 import pytest
-import torch
 
 from kd_ref.cli import main
 from kd_ref.recipes.text import CONFIGS, METHODS, kd_effect, learning_rate
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)      # the recipe sets one thread on the CPU
+pytestmark = pytest.mark.usefixtures("restore_threads")   # tests/conftest.py
 
 
 def test_text_smoke_writes_the_json_contract_and_prints_the_study(tmp_path, capsys):

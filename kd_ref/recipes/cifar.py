@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..cli import CommandError
+from ..cli import CommandError, check_json_option, positive_int, save_json_option
 from ..data.cifar import PUBLISHED_STATS, SPECS, CifarData, channel_stats, has_cifar, load_cifar, write_fake_cifar
 from ..data.device_pipeline import DeviceBatches
 from ..distillers import (AttentionKD, DecoupledKD, FitNetKD, LogitKD, RelationKD, Scratch, SimilarityKD,
@@ -63,7 +63,7 @@ from ..models import count_parameters
 from ..models.resnet_cifar import STAGES, cifar_resnet
 from ..profiles import get_profile, profile_device
 from ..regressor import ConvRegressor
-from ..report import check_writable, format_table, summarize, write_json
+from ..report import format_table, summarize
 from ..train import SGDSchedule, evaluate, fit, seed_everything
 
 METHODS = ("kd", "fitnet", "at", "rkd", "sp", "dkd")
@@ -219,16 +219,6 @@ def summarize_runs(per_seed: list[dict]) -> list[dict]:
     return rows
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def method_list(text: str) -> list[str]:
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -294,11 +284,7 @@ def run(args: argparse.Namespace) -> int:
         profile = get_profile(args.profile)
     except ValueError as err:
         raise CommandError(err) from None
-    if args.json is not None:
-        try:
-            check_writable(args.json)
-        except OSError as err:
-            raise CommandError(f"cannot write --json {args.json!r}: {err.strerror or err}") from None
+    check_json_option(args.json)
     config = CONFIGS[profile]
     info = distributed.setup(profile_device(profile))
     device = info.device
@@ -355,11 +341,7 @@ def run(args: argparse.Namespace) -> int:
             say(f"DistributedDataParallel: the {info.world_size} replicas held identical weights after every run")
         say()
         say(PUBLISHED)
-        if args.json is not None and info.is_main:
-            try:
-                write_json(args.json, profile=profile, data=split.description, device=str(device),
-                           seconds=seconds, rows=rows)
-            except OSError as err:
-                raise CommandError(f"cannot write --json {args.json!r}: {err.strerror or err}") from None
-            say(f"\nwrote {args.json}")
+        if info.is_main:
+            save_json_option(args.json, profile=profile, data=split.description, device=str(device),
+                             seconds=seconds, rows=rows)
     return 0

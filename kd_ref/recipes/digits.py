@@ -43,13 +43,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cli import CommandError
+from ..cli import CommandError, check_json_option, positive_int, save_json_option
 from ..data import TensorBatches, keep_labels, load_digits_split
 from ..data.digits import NUM_CLASSES
 from ..distillers import UNLABELLED, LogitKD, PseudoLabelKD, Scratch
 from ..models import DigitsCNN, count_parameters
 from ..profiles import get_profile, profile_device
-from ..report import check_writable, format_table, summarize, write_json
+from ..report import format_table, summarize
 from ..train import evaluate, fit, seed_everything
 
 SPLIT_SEED = 0  # the train / validation / test split is the same for every run
@@ -196,16 +196,6 @@ with the teacher (Stanton et al. 2021); ECE = expected calibration error, 15 equ
 bins (Guo et al. 2017)."""
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "digits", help="teacher, scratch student and KD students on the 8x8 digits (CPU, about a minute)",
@@ -223,11 +213,7 @@ def run(args: argparse.Namespace) -> int:
         profile = get_profile()
     except ValueError as err:
         raise CommandError(err) from None
-    if args.json is not None:
-        try:
-            check_writable(args.json)
-        except OSError as err:
-            raise CommandError(f"cannot write --json {args.json!r}: {err.strerror or err}") from None
+    check_json_option(args.json)
     config, device = CONFIGS[profile], profile_device(profile)
     if device.type == "cpu":
         # Models this small run as fast on one thread as on two (measured: 2.4x slower on two
@@ -259,10 +245,5 @@ def run(args: argparse.Namespace) -> int:
     print(kd_effect(per_seed))
     print()
     print(WHY.format(labels=n_labels, per_class=config.labels_per_class, unlabelled=n_train - n_labels, T=config.T))
-    if args.json is not None:
-        try:
-            write_json(args.json, profile=profile, data=data, device=str(device), seconds=seconds, rows=rows)
-        except OSError as err:
-            raise CommandError(f"cannot write --json {args.json!r}: {err.strerror or err}") from None
-        print(f"\nwrote {args.json}")
+    save_json_option(args.json, profile=profile, data=data, device=str(device), seconds=seconds, rows=rows)
     return 0

@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import CommandError
-from ..report import check_writable
+from ..cli import CommandError, check_json_option
 
 
 def positive_seconds(text: str) -> float:
@@ -41,11 +40,7 @@ def run(args: argparse.Namespace) -> int:
         from ..grading import grade_notebook
     except ImportError as err:
         raise CommandError(f"grading needs the course extra ({err.name} is missing): pip install -e '.[dev]'") from None
-    if args.json is not None:
-        try:
-            check_writable(args.json)
-        except OSError as err:
-            raise CommandError(f"cannot write --json {args.json!r}: {err.strerror or err}") from None
+    check_json_option(args.json)
     try:
         report = grade_notebook(args.notebook, args.solutions, cell_timeout=args.cell_timeout,
                                 question_timeout=args.question_timeout)
