@@ -119,3 +119,10 @@ def test_kd_effect_reports_the_paired_and_plain_criteria():
 def test_run_seed_scores_only_test_or_validation():
     with pytest.raises(ValueError, match="evaluate_on must be 'test' or 'val'"):
         run_seed(0, CONFIGS["smoke"], torch.device("cpu"), evaluate_on="train")
+
+
+def test_seeds_in_parallel_processes_give_the_numbers_of_a_sequential_run(one_thread):
+    from kd_ref.recipes.seeds import map_seeds
+    config, device = CONFIGS["smoke"], torch.device("cpu")
+    sequential = [run_seed(seed, config, device) for seed in (0, 1)]
+    assert map_seeds(run_seed, [0, 1], config, device, workers=2) == sequential

@@ -51,6 +51,7 @@ from ..models import DigitsCNN, count_parameters
 from ..profiles import get_profile, profile_device
 from ..report import format_table, summarize
 from ..train import evaluate, fit, seed_everything
+from .seeds import default_workers, map_seeds
 
 SPLIT_SEED = 0  # the train / validation / test split is the same for every run
 
@@ -217,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
     config, device = CONFIGS[profile], profile_device(profile)
     if device.type == "cpu":
         # Models this small run as fast on one thread as on two (measured: 2.4x slower on two
-        # here), and one thread makes the numbers independent of the machine's core count.
+        # here), and one thread makes the numbers independent of the machine's core count;
+        # the seeds run side by side instead, one process per core (kd_ref.recipes.seeds).
         torch.set_num_threads(1)
 
     teacher_params = count_parameters(DigitsCNN(config.teacher_width))
@@ -234,13 +236,15 @@ def run(args: argparse.Namespace) -> int:
           f"({teacher_params / student_params:.0f}x fewer)")
 
     start = time.perf_counter()
-    per_seed = [run_seed(seed, config, device) for seed in range(args.seeds)]
+    workers = default_workers(args.seeds) if device.type == "cpu" else 1
+    per_seed = map_seeds(run_seed, range(args.seeds), config, device, workers=workers)
     seconds = time.perf_counter() - start
     rows = summarize_runs(per_seed)
 
     print()
     print(format_table(rows, ["accuracy", "fidelity", "ece"], labels={"accuracy": "test accuracy", "ece": "ECE"}))
-    print(f"(mean ± std over {args.seeds} seed(s); {seconds:.0f} s)")
+    print(f"(mean ± std over {args.seeds} seed(s); {seconds:.0f} s"
+          + (f", seeds run {workers} at a time, one process per core)" if workers > 1 else ")"))
     print()
     print(kd_effect(per_seed))
     print()
