@@ -65,6 +65,14 @@ def with_answer(master, marker, code, tmp_path, name):
     return path
 
 
+
+def grade_with_answers(master, answers, tmp_path, name):
+    """Grade a copy of ``master`` whose solution cells are replaced, ``{marker: code}``."""
+    path = master
+    for marker, code in answers.items():
+        path = with_answer(path, marker, code, tmp_path, name)
+    return grade_notebook(path, SOLUTIONS)
+
 EX02 = SOLUTIONS / "ex02_kd_loss.ipynb"
 
 # The mistakes of seeds/ (ERRATA items 4 and 8) and lesson 02, as learners write them.

@@ -9,9 +9,8 @@ q1 never costs q2 its points (mistake sets A and B show it).
 """
 import pytest
 
-from kd_ref.grading import grade_notebook
 from kd_ref.grading.assign import SOLUTIONS
-from test_grading import with_answer
+from test_grading import grade_with_answers
 
 EX04 = SOLUTIONS / "ex04_attention.ipynb"
 
@@ -78,10 +77,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_lesson_04_mistakes_lose_their_points_and_only_theirs(case, tmp_path):
     answers, wrong = CASES[case]
-    path = EX04
-    for marker, code in answers.items():
-        path = with_answer(path, marker, code, tmp_path, f"mistakes_{case}.ipynb")
-    report = grade_notebook(path, SOLUTIONS)
+    report = grade_with_answers(EX04, answers, tmp_path, f"mistakes_{case}.ipynb")
     scores = {q.name: q for q in report.questions}
     assert {name: q.max_score for name, q in scores.items()} == {"q1": 3.0, "q2": 3.0, "q3": 4.0}
     for name, q in scores.items():

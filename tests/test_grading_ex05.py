@@ -4,27 +4,15 @@ Full marks for the solution and 0 for the untouched exercise are checked for eve
 by tests/test_grading.py. To keep grading runs few, each notebook below carries two mistakes
 in two questions, and the third question must keep its points.
 """
-import textwrap
 
-import nbformat
 import pytest
 
 from kd_ref.grading import grade_notebook
 from kd_ref.grading.assign import SOLUTIONS
+from test_grading import with_answer
 
 EX05 = SOLUTIONS / "ex05_relations.ipynb"
 
-
-def with_answer(master, marker, code, tmp_path, name):
-    """A copy of ``master`` whose solution cell containing ``marker`` is replaced by ``code``."""
-    nb = nbformat.read(master, as_version=4)
-    cells = [c for c in nb.cells if c.cell_type == "code" and marker in c.source and "# HIDDEN" not in c.source
-             and "BEGIN TEST CONFIG" not in c.source]
-    assert len(cells) == 1, f"{marker!r} found in {len(cells)} cells"
-    cells[0].source = textwrap.dedent(code).strip()
-    path = tmp_path / name
-    nbformat.write(nb, path)
-    return path
 
 
 DISTANCE_MISTAKES = {

@@ -9,9 +9,8 @@ in place of the learner's, so a wrong q1 or q2 never costs q3 its points.
 """
 import pytest
 
-from kd_ref.grading import grade_notebook
 from kd_ref.grading.assign import SOLUTIONS
-from test_grading import with_answer
+from test_grading import grade_with_answers
 
 EX07 = SOLUTIONS / "ex07_token_kd.ipynb"
 
@@ -122,10 +121,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_lesson_07_mistakes_lose_their_points_and_only_theirs(case, tmp_path):
     answers, expected = CASES[case]
-    path = EX07
-    for marker, code in answers.items():
-        path = with_answer(path, marker, code, tmp_path, f"mistakes_{case}.ipynb")
-    report = grade_notebook(path, SOLUTIONS)
+    report = grade_with_answers(EX07, answers, tmp_path, f"mistakes_{case}.ipynb")
     scores = {q.name: q for q in report.questions}
     assert {name: q.max_score for name, q in scores.items()} == {"q1": 4.0, "q2": 3.0, "q3": 3.0}
     for name, q in scores.items():
