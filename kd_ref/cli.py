@@ -1,13 +1,16 @@
 """The ``kd-ref`` command: ready-made distillation recipes.
 
 Each subcommand lives in its own module under ``kd_ref.recipes`` and registers
-itself here; this file only parses arguments and turns expected failures into a
+itself here; this file parses the arguments, holds the option helpers the recipes
+share (``positive_int``, the ``--json`` checks), and turns expected failures into a
 one-line message and a non-zero exit code.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .report import check_writable, write_json
 
 
 class CommandError(Exception):
@@ -29,7 +32,6 @@ def check_json_option(path: str | None) -> None:
     """Refuse an unwritable ``--json PATH`` before any work starts (None: no JSON asked for)."""
     if path is None:
         return
-    from .report import check_writable
     try:
         check_writable(path)
     except OSError as err:
@@ -40,7 +42,6 @@ def save_json_option(path: str | None, **result) -> None:
     """Write a recipe's result to ``--json PATH`` (``kd_ref.report.write_json``) and say so."""
     if path is None:
         return
-    from .report import write_json
     try:
         write_json(path, **result)
     except OSError as err:

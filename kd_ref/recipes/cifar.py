@@ -246,8 +246,8 @@ def register(subparsers) -> None:
         description="Train a CIFAR ResNet teacher, then a scratch student and one student per method; print "
                     "test accuracy and fidelity (mean ± std over seeds). Profiles: smoke (seconds, generated "
                     "data when real CIFAR is absent), cpu (a real CIFAR subset, about 30 minutes per seed on 2 "
-                    "cores), gpu (the full "
-                    "240-epoch runs). Works under torchrun --nproc_per_node=N (DistributedDataParallel).")
+                    "cores), gpu (the full 240-epoch runs). Works under torchrun --nproc_per_node=N "
+                    "(DistributedDataParallel).")
     parser.add_argument("--profile", help="smoke, cpu, gpu or auto (default: $KD_PROFILE, else auto)")
     parser.add_argument("--data", metavar="DIR", default="data",
                         help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: data)")
