@@ -144,6 +144,17 @@ def test_raising_and_endless_answers_score_zero_and_the_rest_is_graded(tmp_path)
                                               for q in report.questions]}
 
 
+def test_the_warm_up_import_is_not_held_to_the_cell_or_question_limit(tmp_path, monkeypatch):
+    # CI once failed here: on a loaded machine the first `import kd_ref` outlasted a 5 s cell
+    # limit, was interrupted, and the import was then charged to the first question.
+    from kd_ref.grading import grade
+    monkeypatch.setattr(grade, "_WARM_UP", "import time; time.sleep(2); print('warmed up')")
+    nb = nbformat.v4.new_notebook()
+    grade._run(nb, tmp_path / "empty.ipynb", [], {}, cell_timeout=0.5, question_timeout=0.5)
+    outputs = nb.cells[-1].outputs
+    assert [out.get("text") for out in outputs] == ["warmed up\n"], outputs
+
+
 def test_a_notebook_that_is_not_an_exercise_is_refused(tmp_path):
     plain = tmp_path / "plain.ipynb"
     nbformat.write(nbformat.v4.new_notebook(), plain)

@@ -1,14 +1,15 @@
 """Grade a learner's exercise notebook locally: run it, then run each question's checks.
 
 The notebook runs top to bottom in a fresh kernel (errors allowed, each cell under a
-time limit); then, after importing what the checks import (untimed), every question's
-otter test file (public and hidden checks) runs in the same kernel under its own time
-limit. A question whose checks raise, fail or time out scores 0 for the failed part;
+time limit); then, after importing what the checks import (charged to no question), every
+question's otter test file (public and hidden checks) runs in the same kernel under its own
+time limit. A question whose checks raise, fail or time out scores 0 for the failed part;
 the other questions are still graded.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from .assign import SOLUTIONS, master_for, question_tests
 
 _MARK = "KD_REF_GRADE_RESULT "
 
-# Run once before the timed checks, under the cell time limit: the checks import these, and
-# on a busy machine the first import alone can take seconds that are not the learner's.
+# Run once before the timed checks: the checks import these, and the first import alone takes
+# about 4 s on an idle 2-core machine (more under load), time that is not the learner's. It has
+# its own limit, never less than _WARM_UP_LIMIT seconds, whatever the cell and question limits.
 _WARM_UP = "import kd_ref as _kd_ref, otter.test_files as _kd_otter_test_files"
+_WARM_UP_LIMIT = 120
 
 _CHECK = '''
 import json as _kd_json
@@ -126,7 +129,8 @@ def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: flo
 
     The client owns its kernel, so the kernel is shut down when grading ends.
     """
-    client = NotebookClient(nb, kernel_name="python3", timeout=cell_timeout, allow_errors=True,
+    # nbclient counts whole seconds: a fractional limit is rounded up.
+    client = NotebookClient(nb, kernel_name="python3", timeout=math.ceil(cell_timeout), allow_errors=True,
                             interrupt_on_timeout=True, resources={"metadata": {"path": str(notebook.parent)}})
     try:
         with client.setup_kernel():
@@ -135,8 +139,9 @@ def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: flo
                     client.execute_cell(cell, index)
             warm_up = nbformat.v4.new_code_cell(_WARM_UP)
             nb.cells.append(warm_up)
+            client.timeout = math.ceil(max(cell_timeout, _WARM_UP_LIMIT))
             client.execute_cell(warm_up, len(nb.cells) - 1)
-            client.timeout = question_timeout
+            client.timeout = math.ceil(question_timeout)
             for test in tests:
                 check = nbformat.v4.new_code_cell(_CHECK.format(path=str(test), mark=_MARK))
                 nb.cells.append(check)                    # nbclient stores outputs by index
@@ -146,7 +151,7 @@ def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: flo
                 if outcome is None:
                     error = _error_of(check)
                     if "KeyboardInterrupt" in error:
-                        error = f"time limit of {question_timeout:g} s exceeded"
+                        error = f"time limit of {math.ceil(question_timeout)} s exceeded"
                     question.messages.append(error)
                 else:
                     question.score = outcome["score"]
