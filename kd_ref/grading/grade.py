@@ -1,9 +1,10 @@
 """Grade a learner's exercise notebook locally: run it, then run each question's checks.
 
-The notebook runs top to bottom in a fresh kernel (errors allowed, each cell under a
-time limit); then, after importing what the checks import (charged to no question), every
-question's otter test file (public and hidden checks) runs in the same kernel under its own
-time limit. A question whose checks raise, fail or time out scores 0 for the failed part;
+A fresh kernel first imports what the notebook and the checks import (torch, kd_ref,
+otter), under its own limit and binding no names, so that neither the learner's first cell
+nor the first question is charged for it. Then the notebook runs top to bottom (errors
+allowed, each cell under a time limit), and every question's otter test file (public and
+hidden checks) runs in the same kernel under its own time limit. A question whose checks raise, fail or time out scores 0 for the failed part;
 the other questions are still graded.
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ from .assign import SOLUTIONS, master_for, question_tests
 
 _MARK = "KD_REF_GRADE_RESULT "
 
-# Run once before the timed checks: the checks import these, and the first import alone takes
-# about 4 s on an idle 2-core machine (more under load), time that is not the learner's. It has
-# its own limit, never less than _WARM_UP_LIMIT seconds, whatever the cell and question limits.
-_WARM_UP = "import kd_ref as _kd_ref, otter.test_files as _kd_otter_test_files"
+# Run once, before the learner's cells: importing torch, kd_ref and otter takes about 6 s on an
+# idle 2-core machine (more under load), time that is not the learner's. It has its own limit,
+# never less than _WARM_UP_LIMIT seconds whatever the cell and question limits, and `__import__`
+# leaves the learner's namespace as it was.
+_WARM_UP = "__import__('torch'), __import__('kd_ref'), __import__('otter.test_files');"
 _WARM_UP_LIMIT = 120
 
 _CHECK = '''
@@ -125,7 +127,7 @@ def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None
 
 def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: float,
          question_timeout: float) -> None:
-    """Execute the learner's cells, then each question's checks, in one kernel; fill ``results``.
+    """Warm up, execute the learner's cells, then each question's checks, in one kernel; fill ``results``.
 
     The client owns its kernel, so the kernel is shut down when grading ends.
     """
@@ -134,17 +136,19 @@ def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: flo
                             interrupt_on_timeout=True, resources={"metadata": {"path": str(notebook.parent)}})
     try:
         with client.setup_kernel():
-            for index, cell in enumerate(nb.cells):
-                if cell.cell_type == "code":
-                    client.execute_cell(cell, index)
+            learner_cells = list(enumerate(nb.cells))
             warm_up = nbformat.v4.new_code_cell(_WARM_UP)
-            nb.cells.append(warm_up)
+            nb.cells.append(warm_up)                      # nbclient stores outputs by index
             client.timeout = math.ceil(max(cell_timeout, _WARM_UP_LIMIT))
             client.execute_cell(warm_up, len(nb.cells) - 1)
+            client.timeout = math.ceil(cell_timeout)
+            for index, cell in learner_cells:
+                if cell.cell_type == "code":
+                    client.execute_cell(cell, index)
             client.timeout = math.ceil(question_timeout)
             for test in tests:
                 check = nbformat.v4.new_code_cell(_CHECK.format(path=str(test), mark=_MARK))
-                nb.cells.append(check)                    # nbclient stores outputs by index
+                nb.cells.append(check)
                 client.execute_cell(check, len(nb.cells) - 1)
                 outcome = _result_of(check)
                 question = results[test.stem]
