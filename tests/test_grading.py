@@ -65,13 +65,22 @@ def with_answer(master, marker, code, tmp_path, name):
     return path
 
 
-
 def grade_with_answers(master, answers, tmp_path, name):
     """Grade a copy of ``master`` whose solution cells are replaced, ``{marker: code}``."""
     path = master
     for marker, code in answers.items():
         path = with_answer(path, marker, code, tmp_path, name)
     return grade_notebook(path, SOLUTIONS)
+
+
+def assert_scores(report, max_scores, expected, case):
+    """Each question's maximum is ``max_scores[q]``; it scores ``expected[q]``, else full marks."""
+    scores = {q.name: q for q in report.questions}
+    assert {name: q.max_score for name, q in scores.items()} == max_scores
+    for name, q in scores.items():
+        want = expected.get(name, q.max_score)
+        assert q.score == pytest.approx(want), \
+            f"case {case}: {name} scored {q.score}, expected {want}\n{report.table()}"
 
 EX02 = SOLUTIONS / "ex02_kd_loss.ipynb"
 

@@ -10,7 +10,7 @@ q1 never costs q2 its points (mistake sets A and B show it).
 import pytest
 
 from kd_ref.grading.assign import SOLUTIONS
-from test_grading import grade_with_answers
+from test_grading import assert_scores, grade_with_answers
 
 EX04 = SOLUTIONS / "ex04_attention.ipynb"
 
@@ -78,10 +78,4 @@ CASES = {
 def test_lesson_04_mistakes_lose_their_points_and_only_theirs(case, tmp_path):
     answers, wrong = CASES[case]
     report = grade_with_answers(EX04, answers, tmp_path, f"mistakes_{case}.ipynb")
-    scores = {q.name: q for q in report.questions}
-    assert {name: q.max_score for name, q in scores.items()} == {"q1": 3.0, "q2": 3.0, "q3": 4.0}
-    for name, q in scores.items():
-        if name in wrong:
-            assert q.score == 0, f"case {case}: {name} scored {q.score} with a wrong answer\n{report.table()}"
-        else:
-            assert q.score == q.max_score, f"case {case}: {name} lost points for another question's mistake\n{report.table()}"
+    assert_scores(report, {"q1": 3.0, "q2": 3.0, "q3": 4.0}, {name: 0 for name in wrong}, case)

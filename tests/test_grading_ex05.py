@@ -14,7 +14,6 @@ from test_grading import with_answer
 EX05 = SOLUTIONS / "ex05_relations.ipynb"
 
 
-
 DISTANCE_MISTAKES = {
     "not_normalised_by_the_mean": """
         def rkd_distance_loss(student, teacher):

@@ -10,7 +10,7 @@ in place of the learner's, so a wrong q1 or q2 never costs q3 its points.
 import pytest
 
 from kd_ref.grading.assign import SOLUTIONS
-from test_grading import grade_with_answers
+from test_grading import assert_scores, grade_with_answers
 
 EX07 = SOLUTIONS / "ex07_token_kd.ipynb"
 
@@ -122,9 +122,4 @@ CASES = {
 def test_lesson_07_mistakes_lose_their_points_and_only_theirs(case, tmp_path):
     answers, expected = CASES[case]
     report = grade_with_answers(EX07, answers, tmp_path, f"mistakes_{case}.ipynb")
-    scores = {q.name: q for q in report.questions}
-    assert {name: q.max_score for name, q in scores.items()} == {"q1": 4.0, "q2": 3.0, "q3": 3.0}
-    for name, q in scores.items():
-        want = expected.get(name, q.max_score)
-        assert q.score == pytest.approx(want), \
-            f"case {case}: {name} scored {q.score}, expected {want}\n{report.table()}"
+    assert_scores(report, {"q1": 4.0, "q2": 3.0, "q3": 3.0}, expected, case)

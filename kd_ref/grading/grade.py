@@ -4,8 +4,8 @@ A fresh kernel first imports what the notebook and the checks import (torch, kd_
 otter), under its own limit and binding no names, so that neither the learner's first cell
 nor the first question is charged for it. Then the notebook runs top to bottom (errors
 allowed, each cell under a time limit), and every question's otter test file (public and
-hidden checks) runs in the same kernel under its own time limit. A question whose checks raise, fail or time out scores 0 for the failed part;
-the other questions are still graded.
+hidden checks) runs in the same kernel under its own time limit. A question whose checks
+raise, fail or time out scores 0 for the failed part; the other questions are still graded.
 """
 from __future__ import annotations
 
@@ -132,20 +132,21 @@ def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: flo
     The client owns its kernel, so the kernel is shut down when grading ends.
     """
     # nbclient counts whole seconds: a fractional limit is rounded up.
-    client = NotebookClient(nb, kernel_name="python3", timeout=math.ceil(cell_timeout), allow_errors=True,
+    cell_limit, question_limit = math.ceil(cell_timeout), math.ceil(question_timeout)
+    client = NotebookClient(nb, kernel_name="python3", timeout=cell_limit, allow_errors=True,
                             interrupt_on_timeout=True, resources={"metadata": {"path": str(notebook.parent)}})
     try:
         with client.setup_kernel():
             learner_cells = list(enumerate(nb.cells))
             warm_up = nbformat.v4.new_code_cell(_WARM_UP)
             nb.cells.append(warm_up)                      # nbclient stores outputs by index
-            client.timeout = math.ceil(max(cell_timeout, _WARM_UP_LIMIT))
+            client.timeout = max(cell_limit, _WARM_UP_LIMIT)
             client.execute_cell(warm_up, len(nb.cells) - 1)
-            client.timeout = math.ceil(cell_timeout)
+            client.timeout = cell_limit
             for index, cell in learner_cells:
                 if cell.cell_type == "code":
                     client.execute_cell(cell, index)
-            client.timeout = math.ceil(question_timeout)
+            client.timeout = question_limit
             for test in tests:
                 check = nbformat.v4.new_code_cell(_CHECK.format(path=str(test), mark=_MARK))
                 nb.cells.append(check)
@@ -155,7 +156,7 @@ def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: flo
                 if outcome is None:
                     error = _error_of(check)
                     if "KeyboardInterrupt" in error:
-                        error = f"time limit of {math.ceil(question_timeout)} s exceeded"
+                        error = f"time limit of {question_limit} s exceeded"
                     question.messages.append(error)
                 else:
                     question.score = outcome["score"]
