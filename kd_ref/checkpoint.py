@@ -7,7 +7,7 @@
   plain Python values (dict, list, tuple, str, int, float, bool, None), never arbitrary
   objects, so a checkpoint from elsewhere cannot run code. Everything saved here is
   of those types: that is why the NumPy generator state is stored as a tensor.
-- **Complete**: with ``rng_state()`` the generators of Python, NumPy and PyTorch (CPU
+- **Complete**: ``TrainState`` holds a training run's whole state; with ``rng_state()`` the generators of Python, NumPy and PyTorch (CPU
   and every GPU) are saved too, so a resumed run draws the same random numbers as an
   uninterrupted one.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,39 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainState:
+    """Everything ``kd_ref.train.fit`` needs to continue a run exactly where it stopped.
+
+    ``epoch`` epochs are complete and ``skip`` batches of the next one are already
+    trained; ``batches`` is the batch iterator's state at the start of that epoch (so a
+    resumed run re-draws the epoch and skips what was done); ``step`` counts every
+    optimizer step so far. ``resumes`` lists the steps after which a run was resumed.
+    ``run_info`` (plain values) identifies the run: resuming another run is refused.
+    """
+
+    run_info: dict | None
+    epoch: int
+    skip: int
+    step: int
+    history: list
+    resumes: list
+    model: dict
+    optimizer: dict
+    batches: dict | None
+    rng: dict
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checkpoint(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainState":
+        state = load_checkpoint(path)
+        names = [f.name for f in fields(cls)]
+        if not isinstance(state, dict) or sorted(state) != sorted(names):
+            raise ValueError(f"checkpoint {path} is not a training state of this version of kd_ref (keys "
+                             f"{sorted(state) if isinstance(state, dict) else type(state).__name__}); delete it "
+                             f"to start that run again")
+        return cls(**state)

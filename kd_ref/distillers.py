@@ -5,11 +5,13 @@ term already weighted (the pattern of mdistiller's ``Distiller.forward_train``,
 Zhao et al. 2022). ``kd_ref.train.fit`` sums the terms, backpropagates the sum and
 logs each term by name, so a learner sees what every part of the objective does.
 
-Labels equal to ``UNLABELLED`` (-1) mark the *transfer set*: images the student
+Labels equal to ``IGNORE_INDEX`` (-1) mark the *transfer set*: images the student
 learns from only through the teacher's outputs (Hinton, Vinyals & Dean 2015,
-section 2). Cross-entropy is averaged over the labelled samples of a batch only.
+section 2); with ``padding=True``, the padded positions of a sequence (see
+``Distiller``). Cross-entropy is averaged over the samples that have a target only.
 
-Logit methods: ``Scratch``, ``LogitKD``, ``PseudoLabelKD``, ``DecoupledKD``.
+Logit methods: ``Scratch``, ``LogitKD``, ``PseudoLabelKD``, ``DecoupledKD``; they take
+images ``(B, C)`` or sequences ``(B, L, V)`` alike.
 Feature and relation methods (``FitNetKD``, ``AttentionKD``, ``RelationKD``,
 ``SimilarityKD``) read intermediate features of both networks through forward hooks
 on named modules (``kd_ref.FeatureHooks``), so they work on any model without
@@ -26,41 +28,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hooks import FeatureHooks
-from .losses import at_loss, dkd_loss, hint_loss, kd_loss, rkd_loss, sp_loss
+from .losses import IGNORE_INDEX, at_loss, dkd_loss, hint_loss, kd_loss, masked_cross_entropy, rkd_loss, sp_loss
 from .teacher import freeze, teacher_forward
-
-UNLABELLED = -1
-
-
-def labelled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
-                           ) -> torch.Tensor:
-    """Cross-entropy averaged over the samples whose target is not ``UNLABELLED``.
-
-    ``logits`` ``(B, C)``, ``targets`` ``(B,)``. A batch without any label gives 0
-    (not the NaN of ``F.cross_entropy(..., ignore_index=-1)`` on an all-ignored
-    batch), still connected to the graph so ``backward()`` works.
-    ``label_smoothing`` = eps mixes the one-hot target with the uniform distribution:
-    ``(1 - eps) * onehot + eps / C`` (Szegedy et al. 2016, section 7).
-    """
-    labelled = targets != UNLABELLED                                          # (B,)
-    ce = F.cross_entropy(logits, targets.clamp_min(0), reduction="none",      # (B,)
-                         label_smoothing=label_smoothing)
-    return (ce * labelled).sum() / labelled.sum().clamp_min(1)
 
 
 class Distiller(nn.Module):
-    """Holds ``student`` (trained) and ``teacher`` (frozen, kept in eval mode).
+    """Holds ``student`` (trained) and ``teacher`` (frozen, kept in eval mode); the interface of every method.
+
+    The interface ``kd_ref.train.fit`` and the recipes rely on, and nothing else:
+
+    - ``forward(x, y) -> (student_logits, {name: weighted loss})``;
+    - ``set_progress(epochs_done)``: called by ``fit`` before every step with the
+      fractional number of epochs done after it (a warm-up such as DKD's uses it; a
+      no-op by default);
+    - ``close()``: releases what the distiller attached to the models (forward hooks);
+      also called on leaving a ``with`` block. A no-op by default.
 
     The teacher is a registered submodule, so ``.to(device)`` moves it too, but its
     parameters have ``requires_grad=False`` and ``train()`` never switches it out of
     eval mode. The optimizer takes ``[p for p in distiller.parameters() if
     p.requires_grad]``: the student plus any learned helper (e.g. a FitNets regressor).
+
+    Targets equal to ``IGNORE_INDEX`` (-1) mean one of two things, chosen by ``padding``:
+
+    - ``padding=False`` (images): an unlabelled sample of the transfer set. It is left out
+      of the cross-entropy only; the teacher's soft targets still teach on it.
+    - ``padding=True`` (sequences, ``y`` of shape ``(B, L)``): a padded position. It is
+      left out of every term, and the models are called as ``model(x, padding_mask)``
+      with ``padding_mask = y != IGNORE_INDEX`` (``(B, L)`` bool) so that no real
+      position attends to padding. A batch without padding takes the fast path:
+      ``model(x)`` and no mask.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, *, padding: bool = False):
         super().__init__()
         self.student = student
         self.teacher = None if teacher is None else freeze(teacher)
+        self.padding = padding
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -71,47 +75,85 @@ class Distiller(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError("a distiller returns (student_logits, {name: weighted loss})")
 
+    def set_progress(self, epochs_done: float) -> None:
+        """Told by the training loop how far training has got (fractional epochs); no-op by default."""
+
+    def close(self) -> None:
+        """Release hooks or other attachments to the models; no-op by default."""
+
+    def __enter__(self) -> "Distiller":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def real_positions(self, y: torch.Tensor) -> torch.Tensor | None:
+        """The ``(B, L)`` bool mask of real (unpadded) positions, or None when nothing is padded."""
+        if not self.padding:
+            return None
+        real = y != IGNORE_INDEX                                               # (B, L)
+        return None if bool(real.all()) else real
+
+    def run_student(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``student(x)``, or ``student(x, mask)`` when positions are padded."""
+        return self.student(x) if mask is None else self.student(x, mask)
+
+    def run_teacher(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's logits in eval mode under no_grad (``kd_ref.teacher_forward``), padding-masked if need be."""
+        return teacher_forward(self.teacher, x) if mask is None else teacher_forward(self.teacher, x, mask)
+
 
 class Scratch(Distiller):
-    """Plain supervised training: ``{"ce": CE(student(x), y)}`` on the labelled samples.
+    """Plain supervised training: ``{"ce": CE(student(x), y)}`` over the samples (or positions) with a target.
 
-    Trains a teacher, or the scratch baseline that KD is compared against.
-    ``label_smoothing`` > 0 trains with smoothed targets: Müller, Kornblith & Hinton
-    (2019), "When Does Label Smoothing Help?", NeurIPS, section 5, find that teachers
-    trained so are worse teachers for distillation, although they are more accurate.
+    Trains a teacher, or the scratch baseline that KD is compared against; with
+    ``padding=True`` a language model on padded sequences. ``label_smoothing`` > 0 trains
+    with smoothed targets: Müller, Kornblith & Hinton (2019), "When Does Label Smoothing
+    Help?", NeurIPS, section 5, find that teachers trained so are worse teachers for
+    distillation, although they are more accurate.
     """
 
-    def __init__(self, student: nn.Module, label_smoothing: float = 0.0):
-        super().__init__(student)
+    def __init__(self, student: nn.Module, label_smoothing: float = 0.0, *, padding: bool = False):
+        super().__init__(student, padding=padding)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got label_smoothing={label_smoothing}")
         self.label_smoothing = label_smoothing
 
     def forward(self, x, y):
-        logits = self.student(x)                                               # (B, C)
-        return logits, {"ce": labelled_cross_entropy(logits, y, self.label_smoothing)}
+        mask = self.real_positions(y)
+        logits = self.run_student(x, mask)                                     # (B, C) or (B, L, V)
+        return logits, {"ce": masked_cross_entropy(logits, y, mask, self.label_smoothing)}
 
 
 class LogitKD(Distiller):
-    """Hinton KD: ``kd_weight * T^2 KL(p_t || p_s)`` on every sample + ``ce_weight * CE`` on labelled ones.
+    """Hinton KD: ``kd_weight * T^2 KL(p_t || p_s)`` + ``ce_weight * CE`` on the targets that exist.
 
     Hinton, Vinyals & Dean (2015), section 2: the soft-target term (``kd_ref.kd_loss``)
     needs no label, so it also teaches on the unlabelled transfer set; the hard-label
-    term uses the true labels where they exist, at T = 1.
+    term uses the true labels where they exist, at T = 1 (it is left out when
+    ``ce_weight`` is 0). With ``padding=True`` the same loss runs at every real position
+    of a sequence (token-level KD, as in DistilBERT: Sanh et al. 2019, section 3), the
+    teacher's next-token distribution being each position's soft target.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, T: float = 4.0,
-                 kd_weight: float = 0.9, ce_weight: float = 0.1):
-        super().__init__(student, teacher)
+                 kd_weight: float = 0.9, ce_weight: float = 0.1, *, padding: bool = False):
+        super().__init__(student, teacher, padding=padding)
         self.T, self.kd_weight, self.ce_weight = T, kd_weight, ce_weight
 
+    def logit_terms(self, logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
+                    mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``{"kd": ..., "ce": ...}`` from the two models' logits (shared with the subclasses)."""
+        terms = {"kd": self.kd_weight * kd_loss(logits, teacher_logits, T=self.T, mask=mask)}
+        if self.ce_weight:
+            terms["ce"] = self.ce_weight * masked_cross_entropy(logits, y, mask)
+        return terms
+
     def forward(self, x, y):
-        logits = self.student(x)                                               # (B, C)
-        teacher_logits = teacher_forward(self.teacher, x)                      # (B, C), no graph
-        return logits, {
-            "kd": self.kd_weight * kd_loss(logits, teacher_logits, T=self.T),
-            "ce": self.ce_weight * labelled_cross_entropy(logits, y),
-        }
+        mask = self.real_positions(y)
+        logits = self.run_student(x, mask)                                     # (B, C) or (B, L, V)
+        teacher_logits = self.run_teacher(x, mask)                             # same shape, no graph
+        return logits, self.logit_terms(logits, teacher_logits, y, mask)
 
 
 class PseudoLabelKD(Distiller):
@@ -132,7 +174,7 @@ class PseudoLabelKD(Distiller):
         pseudo_labels = teacher_forward(self.teacher, x).argmax(-1)            # (B,)
         return logits, {
             "pseudo": self.pseudo_weight * F.cross_entropy(logits, pseudo_labels),
-            "ce": self.ce_weight * labelled_cross_entropy(logits, y),
+            "ce": self.ce_weight * masked_cross_entropy(logits, y),
         }
 
 
@@ -143,7 +185,7 @@ class DecoupledKD(Distiller):
     defaults are the authors' (mdistiller) for CIFAR-100: CE weight 1, alpha 1, beta 8,
     T 4, and a linear warm-up of the DKD weight over the first 20 epochs. The authors
     raise the weight once per epoch (epoch e uses e / 20); here it rises every step
-    (``kd_ref.train.fit`` calls ``set_epoch(progress)`` with the fractional epochs done)
+    (``kd_ref.train.fit`` calls ``set_progress`` with the fractional epochs done)
     and reaches their value at the end of each epoch, which keeps a warm-up in short
     runs too: at full weight from the first step a confident teacher's DKD term
     (tens of times the CE term) wrecks a freshly initialised student at lr 0.05.
@@ -159,15 +201,15 @@ class DecoupledKD(Distiller):
         self.warmup_epochs = warmup_epochs
         self.epoch = warmup_epochs          # full weight unless the loop says otherwise
 
-    def set_epoch(self, epoch: float) -> None:
-        self.epoch = epoch
+    def set_progress(self, epochs_done: float) -> None:
+        self.epoch = epochs_done
 
     def forward(self, x, y):
         logits = self.student(x)                                               # (B, C)
         teacher_logits = teacher_forward(self.teacher, x)                      # (B, C), no graph
         warmup = min(self.epoch / self.warmup_epochs, 1.0)
         return logits, {
-            "ce": self.ce_weight * labelled_cross_entropy(logits, y),
+            "ce": self.ce_weight * masked_cross_entropy(logits, y),
             "dkd": warmup * dkd_loss(logits, teacher_logits, y, self.alpha, self.beta, self.T),
         }
 
@@ -207,7 +249,7 @@ class HookedDistiller(Distiller):
         teacher_feats = self.teacher_hooks.values()                            # constants: no_grad
         logits = self.student(x)                                               # (B, C)
         student_feats = self.student_hooks.values()                            # with their graph
-        terms = {"ce": self.ce_weight * labelled_cross_entropy(logits, y)}
+        terms = {"ce": self.ce_weight * masked_cross_entropy(logits, y)}
         if self.kd_weight:
             terms["kd"] = self.kd_weight * kd_loss(logits, teacher_logits, T=self.T)
         terms.update(self.feature_terms(student_feats, teacher_feats))
@@ -215,7 +257,7 @@ class HookedDistiller(Distiller):
         self.teacher_hooks.clear()
         return logits, terms
 
-    def remove_hooks(self) -> None:
+    def close(self) -> None:
         """Detach the hooks from both models (the distiller cannot run afterwards)."""
         self.student_hooks.remove()
         self.teacher_hooks.remove()

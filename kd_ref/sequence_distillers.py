@@ -1,15 +1,11 @@
-"""Distillers for language models: every position of a sequence is a prediction.
+"""Distilling a transformer's internals: hidden states and attention, on a layer map.
 
-Same pattern as ``kd_ref.distillers`` (a distiller's ``forward(x, y)`` returns
-``(student_logits, {name: weighted loss})``), with ``x`` and ``y`` of shape ``(B, T)``:
-token ids and next-token targets. A target equal to ``PAD_TARGET`` (-1) marks a
-padded position: it is left out of every term, and the models are told which keys
-are padding (``padding_mask``). Without padding, every position counts.
+Token-level KD itself is ``kd_ref.distillers.LogitKD(..., padding=True)`` (and the
+language-model baseline ``Scratch(..., padding=True)``): the same loss at every real
+position of a sequence. This module adds what only transformers have:
 
-    TokenCE                 cross-entropy on the next character (teacher, scratch student)
-    TokenKD                 + Hinton KD on every position: T^2 KL(p_t || p_s), masked mean
-    TokenKDHiddenAttention  + hidden-state MSE through learned projections (TinyBERT)
-                            + attention-distribution KL (MiniLM), on a uniform layer map
+    HiddenAttentionKD   token KD + hidden-state MSE through learned projections (TinyBERT)
+                        + attention-distribution KL (MiniLM), on a uniform layer map
 
 The layer map is TinyBERT's uniform strategy (Jiao et al. 2020, "TinyBERT: Distilling
 BERT for Natural Language Understanding", Findings of EMNLP, section 3.1, the mapping
@@ -19,13 +15,10 @@ layer 0 the embedding output, so the last student layer meets the last teacher l
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .data.text import PAD_TARGET
-from .distillers import Distiller
-from .losses import attention_kl_loss, hidden_state_loss, kd_loss
-from .teacher import teacher_forward
+from .distillers import LogitKD
+from .losses import attention_kl_loss, hidden_state_loss
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
@@ -46,58 +39,7 @@ def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
     return [m * step for m in range(n_student + 1)]
 
 
-def target_mask(y: torch.Tensor) -> torch.Tensor | None:
-    """``(B, T)`` bool mask of real targets, or None when nothing is padded (the fast path)."""
-    real = y != PAD_TARGET                                                  # (B, T)
-    return None if bool(real.all()) else real
-
-
-def sequence_cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Next-token cross-entropy (nats), averaged over the real targets. ``logits`` ``(B, T, V)``, ``y`` ``(B, T)``."""
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten().clamp_min(0), reduction="none")  # (B*T,)
-    if mask is None:
-        return ce.mean()
-    mask = mask.flatten()                                                   # (B*T,)
-    return torch.where(mask, ce, torch.zeros_like(ce)).sum() / mask.sum().clamp_min(1)
-
-
-class TokenCE(Distiller):
-    """Plain language-model training: ``{"ce": CE(student(x), y)}`` over real targets."""
-
-    def __init__(self, student: nn.Module):
-        super().__init__(student)
-
-    def forward(self, x, y):
-        mask = target_mask(y)
-        logits = self.student(x, mask)                                      # (B, T, V)
-        return logits, {"ce": sequence_cross_entropy(logits, y, mask)}
-
-
-class TokenKD(Distiller):
-    """Token-level KD: ``kd_weight * kd_loss(s, t, T, mask) + ce_weight * CE(s, y)``.
-
-    Hinton, Vinyals & Dean (2015), section 2, applied at every position of the
-    sequence, as in DistilBERT's distillation loss (Sanh et al. 2019, section 3): the
-    teacher's full next-character distribution is the soft target of each position.
-    ``kd_ref.kd_loss`` averages the T^2-scaled KL over the real positions only.
-    """
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, T: float = 2.0,
-                 kd_weight: float = 1.0, ce_weight: float = 0.0):
-        super().__init__(student, teacher)
-        self.T, self.kd_weight, self.ce_weight = T, kd_weight, ce_weight
-
-    def forward(self, x, y):
-        mask = target_mask(y)
-        logits = self.student(x, mask)                                      # (B, T, V)
-        teacher_logits = teacher_forward(self.teacher, x, mask)             # (B, T, V), no graph
-        terms = {"kd": self.kd_weight * kd_loss(logits, teacher_logits, T=self.T, mask=mask)}
-        if self.ce_weight:
-            terms["ce"] = self.ce_weight * sequence_cross_entropy(logits, y, mask)
-        return logits, terms
-
-
-class TokenKDHiddenAttention(TokenKD):
+class HiddenAttentionKD(LogitKD):
     """Token KD + hidden states through learned projections + attention distributions.
 
     Terms (each already weighted, averaged over the matched layers):
@@ -120,7 +62,7 @@ class TokenKDHiddenAttention(TokenKD):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, T: float = 2.0, kd_weight: float = 1.0,
                  ce_weight: float = 0.0, hidden_weight: float = 1.0, attention_weight: float = 1.0):
-        super().__init__(student, teacher, T=T, kd_weight=kd_weight, ce_weight=ce_weight)
+        super().__init__(student, teacher, T=T, kd_weight=kd_weight, ce_weight=ce_weight, padding=True)
         s, t = student.config, teacher.config
         if s.n_head != t.n_head:
             raise ValueError(f"attention KL compares heads one to one: the student has n_head={s.n_head}, "
@@ -130,9 +72,11 @@ class TokenKDHiddenAttention(TokenKD):
         self.hidden_weight, self.attention_weight = hidden_weight, attention_weight
 
     def forward(self, x, y):
-        mask = target_mask(y)
-        out_s = self.student(x, mask, output_hidden=True, output_attentions=True)
-        out_t = teacher_forward(self.teacher, x, mask, output_hidden=True, output_attentions=True)
+        mask = self.real_positions(y)
+        out_s = self.student.forward_internals(x, mask, attentions=True)
+        self.teacher.eval()
+        with torch.no_grad():
+            out_t = self.teacher.forward_internals(x, mask, attentions=True)
         hidden = torch.stack([
             hidden_state_loss(out_s.hidden_states[m], out_t.hidden_states[n], projection=w, mask=mask)
             for m, (n, w) in enumerate(zip(self.layer_map, self.projections))
@@ -141,9 +85,7 @@ class TokenKDHiddenAttention(TokenKD):
             attention_kl_loss(out_s.attention_probs[m - 1], out_t.attention_probs[n - 1], mask=mask)
             for m, n in enumerate(self.layer_map) if m > 0
         ]).mean()
-        terms = {"kd": self.kd_weight * kd_loss(out_s.logits, out_t.logits, T=self.T, mask=mask)}
-        if self.ce_weight:
-            terms["ce"] = self.ce_weight * sequence_cross_entropy(out_s.logits, y, mask)
+        terms = self.logit_terms(out_s.logits, out_t.logits, y, mask)
         terms["hidden"] = self.hidden_weight * hidden
         terms["attention"] = self.attention_weight * attention
         return out_s.logits, terms

@@ -10,12 +10,29 @@ from __future__ import annotations
 import torch
 
 
-class TensorBatches:
+class SeededBatches:
+    """A batch iterator whose order comes from its own ``torch.Generator`` (``self.generator``).
+
+    ``state_dict()`` / ``load_state_dict()`` save and restore that generator (a uint8
+    tensor, checkpoint-safe), so a resumed run draws the same batches as an
+    uninterrupted one (``kd_ref.train.fit``).
+    """
+
+    generator: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class TensorBatches(SeededBatches):
     """Iterate over ``(x[idx], y[idx])`` mini-batches, reshuffled every epoch.
 
     Args:
         x: ``(N, ...)`` inputs.
-        y: ``(N,)`` labels (``-1`` marks an unlabelled sample, see ``kd_ref.distillers``).
+        y: ``(N,)`` labels (``IGNORE_INDEX`` = -1 marks an unlabelled sample, see ``kd_ref.distillers``).
         batch_size: samples per batch; the last batch may be smaller.
         shuffle: draw a new order every time the batches are iterated.
         seed: seeds the shuffling, so the sequence of epochs is reproducible.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +204,24 @@ def load_cifar(root: str | Path, dataset: str = "cifar10", download: bool = Fals
         folder=folder,
         generated=generated,
     )
+
+
+def cifar_or_generated(root: str | Path, dataset: str = "cifar10", *, download: bool = False,
+                       generate: tuple[int, int] | None = None, seed: int = 0) -> CifarData:
+    """Real CIFAR when it is there (or ``download`` fetches it); else, with ``generate``, a generated set.
+
+    ``generate=(train_size, test_size)``: when the real files are absent and not to be
+    downloaded, write a generated set of that size in the exact on-disk format
+    (:func:`write_fake_cifar`) to a temporary folder and read it back through
+    :func:`load_cifar`, so the real reading code runs; ``CifarData.generated`` says so.
+    Without ``generate`` a missing set raises ``FileNotFoundError`` saying what to do.
+    The one place the course decides between real and generated data.
+    """
+    if has_cifar(root, dataset) or download or generate is None:
+        return load_cifar(root, dataset, download=download)
+    with tempfile.TemporaryDirectory(prefix="kd-ref-cifar-") as tmp:
+        write_fake_cifar(tmp, dataset, *generate, seed=seed)
+        return load_cifar(tmp, dataset)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .batches import SeededBatches
+
 
 def pad_channels_last(images: torch.Tensor, pad: int) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` -> zero-padded, contiguous ``(N, H + 2 pad, W + 2 pad, C)``."""
@@ -70,7 +72,7 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return torch.addcmul(shift, images.float(), scale)                     # (B, C, H, W)
 
 
-class DeviceBatches:
+class DeviceBatches(SeededBatches):
     """Normalised ``(x, y)`` batches from uint8 images kept on ``device``.
 
     Args:
@@ -144,9 +146,3 @@ class DeviceBatches:
                 x = self.images[index].permute(0, 3, 1, 2)                             # (b, C, H, W) channels-last
             yield torch.addcmul(self._shift, x.float(), self._scale), self.labels[index]  # normalize()
 
-    def state_dict(self) -> dict:
-        """The shuffling/augmentation generator's state (a uint8 tensor: checkpoint-safe)."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])

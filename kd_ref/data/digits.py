@@ -16,7 +16,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ..distillers import UNLABELLED
+from ..losses.cross_entropy import IGNORE_INDEX
 
 NUM_CLASSES = 10
 
@@ -64,14 +64,14 @@ def load_digits_split(seed: int = 0, val_fraction: float = 0.2, test_fraction: f
 def keep_labels(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
     """A copy of ``y`` where only ``per_class`` random labels of each class are kept.
 
-    Every other entry becomes ``UNLABELLED`` (-1): those images still serve as the
+    Every other entry becomes ``IGNORE_INDEX`` (-1): those images still serve as the
     *transfer set* that a teacher labels with its soft targets (Hinton et al. 2015,
     section 2), but they give no cross-entropy term.
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got per_class={per_class}")
     generator = torch.Generator().manual_seed(seed)
-    kept = torch.full_like(y, UNLABELLED)
+    kept = torch.full_like(y, IGNORE_INDEX)
     for c in y.unique():
         members = (y == c).nonzero().squeeze(1)                    # (n_c,)
         if len(members) < per_class:

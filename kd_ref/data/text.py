@@ -14,7 +14,7 @@ validation text or that is not contiguous in the corpus.
 
 Language-model batches: ``x = ids[i : i + T]``, ``y = ids[i + 1 : i + T + 1]``; the
 model predicts ``y[t]`` from ``x[0..t]``. Padded positions (at the end of a short
-window) hold target ``PAD_TARGET`` = -1 and are left out of every loss and metric.
+window) hold target ``IGNORE_INDEX`` = -1 and are left out of every loss and metric.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD_TARGET = -1   # target of a padded position (same value as kd_ref.distillers.UNLABELLED)
+from .batches import SeededBatches
+from ..losses.cross_entropy import IGNORE_INDEX, masked_cross_entropy
+
 
 
 def load_text(path: str | Path | None = None) -> tuple[str, str]:
@@ -134,7 +136,7 @@ def split_text(ids: torch.Tensor, context: int, val_fraction: float = 0.1, n_blo
     )
 
 
-class RandomCrops:
+class RandomCrops(SeededBatches):
     """``steps`` batches of random windows from the training blocks, reproducible from ``seed``.
 
     Each batch is ``x, y`` of shape ``(batch_size, context)``: a window start is drawn
@@ -177,7 +179,7 @@ class ValidationWindows:
     """Every validation character scored once, in non-overlapping windows of ``context``.
 
     Each block is cut into consecutive windows; the last, shorter window of a block is
-    padded (input id 0, target ``PAD_TARGET``) and its ``mask`` is False there. Every
+    padded (input id 0, target ``IGNORE_INDEX``) and its ``mask`` is False there. Every
     character of a block except its first is a target exactly once, so ``n_targets`` =
     ``sum(len(block) - 1)``. Iterating yields ``(x, y, mask)`` batches, always in the
     same order. A window's first positions have little context, so this scores a
@@ -192,11 +194,11 @@ class ValidationWindows:
                 y = b[start + 1:start + context + 1]                          # (<= T,)
                 x = x[:len(y)]
                 xs.append(F.pad(x, (0, context - len(x)), value=0))
-                ys.append(F.pad(y, (0, context - len(y)), value=PAD_TARGET))
+                ys.append(F.pad(y, (0, context - len(y)), value=IGNORE_INDEX))
         if not xs:
             raise ValueError("no validation window: every validation block is shorter than 2 characters")
         self.x, self.y = torch.stack(xs), torch.stack(ys)                     # (n_windows, T) each
-        self.mask = self.y != PAD_TARGET                                      # (n_windows, T)
+        self.mask = self.y != IGNORE_INDEX                                      # (n_windows, T)
         self.batch_size = batch_size
 
     @property
@@ -226,8 +228,8 @@ def bits_per_char(model: nn.Module, windows: ValidationWindows, device: str | to
     for x, y, mask in windows:
         x, y, mask = x.to(device), y.to(device), mask.to(device)
         logits = model(x, mask)                                               # (B, T, V)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten().clamp_min(0), reduction="none")  # (B*T,)
-        total += ce[mask.flatten()].double().sum().item()
-        count += int(mask.sum())
+        n = int(mask.sum())
+        total += masked_cross_entropy(logits, y, mask).double().item() * n   # summed over the batch's targets
+        count += n
     model.train(was_training)
     return total / count / math.log(2)

@@ -1,10 +1,12 @@
 """Distillation losses, one family per module: logits, features, attention, relations."""
+from .cross_entropy import IGNORE_INDEX, masked_cross_entropy
 from .attention import at_loss, attention_kl_loss, attention_map, attention_score_loss
 from .features import hidden_state_cosine_loss, hidden_state_loss, hint_loss
 from .logits import distillation_loss, dkd_loss, kd_loss, log_softmax_t, soft_cross_entropy, softmax_t
 from .relations import rkd_angle_loss, rkd_distance_loss, rkd_loss, sp_loss
 
 __all__ = [
+    "IGNORE_INDEX", "masked_cross_entropy",
     "softmax_t", "log_softmax_t", "kd_loss", "soft_cross_entropy", "distillation_loss", "dkd_loss",
     "hint_loss", "hidden_state_loss", "hidden_state_cosine_loss",
     "attention_map", "at_loss", "attention_score_loss", "attention_kl_loss",

@@ -27,6 +27,7 @@ from .._checks import (
     check_weight,
     masked_mean,
 )
+from .cross_entropy import masked_cross_entropy
 
 
 def softmax_t(logits: torch.Tensor, T: float = 1.0, dim: int = -1) -> torch.Tensor:
@@ -136,10 +137,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     soft = kd_loss(student_logits, teacher_logits, T=T, mask=mask)
     mask = check_mask(mask, student_logits.shape[:-1], against="student_logits.shape[:-1]")
     targets = check_targets(targets, student_logits, mask=mask)
-    (s,) = as_compute_dtype(student_logits)
-    ce = F.cross_entropy(s.reshape(-1, s.shape[-1]), targets.reshape(-1), reduction="none")
-    hard = masked_mean(ce, None if mask is None else mask.reshape(-1))
-    return kd_weight * soft + ce_weight * hard
+    return kd_weight * soft + ce_weight * masked_cross_entropy(student_logits, targets, mask)
 
 
 def _dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,

@@ -1,8 +1,8 @@
 """A small causal transformer over characters (a GPT-style language model), in one file.
 
     model = CharGPT(GPTConfig(vocab_size=103, context=64, n_layer=4, n_head=4, width=128))
-    logits = model(idx)                                   # (B, T, vocab_size)
-    out = model(idx, output_hidden=True, output_attentions=True)
+    logits = model(idx)                                   # (B, T, vocab_size), always a tensor
+    out = model.forward_internals(idx, attentions=True)   # a GPTOutput
     out.logits, out.hidden_states, out.attention_scores, out.attention_probs
 
 The architecture is the decoder-only transformer of GPT-2 (Radford et al. 2019,
@@ -12,7 +12,8 @@ self-attention, then a 4x-wide MLP with GELU, each added to the residual stream)
 a final LayerNorm and a linear head over the vocabulary. Position t sees only the
 tokens 0..t, so one forward pass gives a next-token prediction at every position.
 
-What distillation needs from it, returned on request and never by default:
+What distillation needs from it, returned by ``forward_internals`` (``forward`` returns
+the logits only, like every other model of the course):
 
 - ``hidden_states``: ``n_layer + 1`` tensors ``(B, T, width)``: the embedding output
   (token + position), then the residual stream after each block (before the final
@@ -23,9 +24,9 @@ What distillation needs from it, returned on request and never by default:
 - ``attention_probs``: per block ``(B, n_head, T, T)``, the softmax of the scores
   (rows sum to 1, 0 above the diagonal); the input of MiniLM's KL loss.
 
-Without those requests the attention runs through
+Without ``attentions=True`` the attention runs through
 ``torch.nn.functional.scaled_dot_product_attention`` (a fused kernel that never
-stores the ``(T, T)`` matrices); with them, through the explicit formula. Both give
+stores the ``(T, T)`` matrices); with it, through the explicit formula. Both give
 the same logits (tests/test_text.py checks it).
 
 Padding: ``padding_mask`` ``(B, T)`` marks real tokens (True). Padding keys are
@@ -80,10 +81,10 @@ class GPTConfig:
 
 
 class GPTOutput(NamedTuple):
-    """What ``CharGPT.forward`` returns when internals are requested (None when not)."""
+    """What ``CharGPT.forward_internals`` returns (the attention fields are None unless requested)."""
 
     logits: torch.Tensor                                   # (B, T, vocab_size)
-    hidden_states: tuple[torch.Tensor, ...] | None         # n_layer + 1 of (B, T, width)
+    hidden_states: tuple[torch.Tensor, ...]                # n_layer + 1 of (B, T, width)
     attention_scores: tuple[torch.Tensor, ...] | None      # n_layer of (B, n_head, T, T)
     attention_probs: tuple[torch.Tensor, ...] | None       # n_layer of (B, n_head, T, T)
 
@@ -192,20 +193,25 @@ class CharGPT(nn.Module):
         diagonal = torch.eye(T, dtype=torch.bool, device=device)                         # (T, T)
         return (causal & real[:, None, :]) | diagonal                                    # (B, T, T)
 
-    def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
-                output_hidden: bool = False, output_attentions: bool = False):
-        """Next-token logits at every position.
+    def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits ``(B, T, vocab_size)`` at every position (the fused attention kernel).
 
         Args:
             idx: ``(B, T)`` integer token ids, ``T <= context``.
             padding_mask: optional ``(B, T)``, True (or nonzero) for real tokens.
-            output_hidden: also return every hidden state (``n_layer + 1``).
-            output_attentions: also return every block's scores and probabilities;
-                this switches the attention to the explicit (unfused) computation.
-        Returns:
-            ``logits`` ``(B, T, vocab_size)`` when nothing else is requested, else a
-            :class:`GPTOutput` (fields not requested are None).
         """
+        return self._run(idx, padding_mask, explicit=False)[0]
+
+    def forward_internals(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
+                          attentions: bool = False) -> GPTOutput:
+        """The same pass, returning a :class:`GPTOutput`: logits and every hidden state, plus with
+        ``attentions=True`` every block's scores and probabilities (the explicit, unfused attention)."""
+        logits, hidden, scores, probs = self._run(idx, padding_mask, explicit=attentions)
+        return GPTOutput(logits=logits, hidden_states=tuple(hidden),
+                         attention_scores=tuple(scores) if attentions else None,
+                         attention_probs=tuple(probs) if attentions else None)
+
+    def _run(self, idx, padding_mask, explicit: bool):
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.is_floating_point():
             got = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx must be an integer tensor of shape (B, T), got idx {got}")
@@ -218,19 +224,11 @@ class CharGPT(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))          # (B, T, C)
         hidden, scores, probs = [x], [], []
         for block in self.blocks:
-            x, s, p = block(x, allowed, explicit=output_attentions)         # (B, T, C)
+            x, s, p = block(x, allowed, explicit=explicit)                  # (B, T, C)
             hidden.append(x)
             scores.append(s)
             probs.append(p)
-        logits = self.head(self.ln_f(x))                                    # (B, T, vocab_size)
-        if not (output_hidden or output_attentions):
-            return logits
-        return GPTOutput(
-            logits=logits,
-            hidden_states=tuple(hidden) if output_hidden else None,
-            attention_scores=tuple(scores) if output_attentions else None,
-            attention_probs=tuple(probs) if output_attentions else None,
-        )
+        return self.head(self.ln_f(x)), hidden, scores, probs               # logits (B, T, vocab_size)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
-from ..cli import CommandError
-from ..data.cifar import channel_stats, has_cifar, load_cifar, write_fake_cifar
+from ..data.cifar import channel_stats, cifar_or_generated
 from ..data.device_pipeline import DeviceBatches
 from ..models import count_parameters
 from ..models.resnet_cifar import cifar_resnet
-from ..profiles import get_profile, profile_device
+from ..report import text_table
 from .cifar import CONFIGS
+from .options import CommandError, start_study
 
 # profile -> (images, end-to-end batches per pipeline)
 SIZES = {"smoke": (512, 3), "cpu": (10_000, 20), "gpu": (50_000, 300)}
@@ -123,61 +121,45 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        profile = get_profile(args.profile)
-    except ValueError as err:
-        raise CommandError(err) from None
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise CommandError(f"--workers must be >= 1, got {workers}")
-    device = profile_device(profile)
-    if device.type == "cpu":
-        # One thread for every pipeline (DataLoader workers use one each): a batch's tensor
-        # operations are small, and on a busy machine multi-threaded ones stall badly.
-        torch.set_num_threads(1)
+    # One thread for every pipeline (DataLoader workers use one each): a batch's tensor
+    # operations are small, and on a busy machine multi-threaded ones stall badly.
+    profile, device = start_study(args, one_thread_on_cpu=True)
     n_images, steps = SIZES[profile]
     student = CONFIGS[profile].student
-    with ExitStack() as stack:
-        if has_cifar(args.data, "cifar10"):
-            try:
-                data = load_cifar(args.data, "cifar10")
-            except (FileNotFoundError, ValueError) as err:
-                raise CommandError(err) from None
-        else:
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kd-ref-bench-"))
-            data = load_cifar(write_fake_cifar(tmp, "cifar10", n_images, 10, seed=0).parent, "cifar10")
-        images, labels = data.train_images[:n_images], data.train_labels[:n_images]
-        what = ("generated CIFAR-10-format images (same size as CIFAR, so the same cost)" if data.generated
-                else f"real CIFAR-10 from {Path(args.data)}")
-        mean, std = channel_stats(images)
-        device_batches = DeviceBatches(images, labels, BATCH, mean=mean, std=std, device=device, augment=True,
-                                       shuffle=True, drop_last=True)
-        pin = device.type == "cuda"
-        pipelines = [
-            ("torchvision DataLoader, 0 workers", dataloader(images, labels, mean, std, 0, pin)),
-            (f"torchvision DataLoader, {workers} workers", dataloader(images, labels, mean, std, workers, pin)),
-            (f"kd_ref DeviceBatches on {device.type}", device_batches),
-        ]
-        torch.manual_seed(0)
-        model = cifar_resnet(student).to(device, memory_format=torch.channels_last)
-        print(f"kd-ref bench cifar-pipeline | profile {profile} | device {device} | torch threads "
-              f"{torch.get_num_threads()} | CPU cores {os.cpu_count()}")
-        print(f"data: {len(images):,} {what}; batch {BATCH}; augmentation: random crop 32, padding 4, "
-              f"horizontal flip, normalise")
-        print(f"end to end: SGD steps of {student} ({count_parameters(model):,} parameters), {steps} batches"
-              + (", bf16 autocast" if device.type == "cuda" else ""))
-        rows = []
-        for name, batches in pipelines:
-            rows.append((name, loader_rate(batches, device), training_rate(batches, model, device, steps)))
-    base_loader, base_e2e = rows[0][1], rows[0][2]
-    width = max(len(r[0]) for r in rows) + 2
+    try:
+        data = cifar_or_generated(args.data, "cifar10", generate=(n_images, 10))
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(err) from None
+    images, labels = data.train_images[:n_images], data.train_labels[:n_images]
+    what = ("generated CIFAR-10-format images (same size as CIFAR, so the same cost)" if data.generated
+            else f"real CIFAR-10 from {Path(args.data)}")
+    mean, std = channel_stats(images)
+    device_batches = DeviceBatches(images, labels, BATCH, mean=mean, std=std, device=device, augment=True,
+                                   shuffle=True, drop_last=True)
+    pin = device.type == "cuda"
+    pipelines = [
+        ("torchvision DataLoader, 0 workers", dataloader(images, labels, mean, std, 0, pin)),
+        (f"torchvision DataLoader, {workers} workers", dataloader(images, labels, mean, std, workers, pin)),
+        (f"kd_ref DeviceBatches on {device.type}", device_batches),
+    ]
+    torch.manual_seed(0)
+    model = cifar_resnet(student).to(device, memory_format=torch.channels_last)
+    print(f"kd-ref bench cifar-pipeline | profile {profile} | device {device} | torch threads "
+          f"{torch.get_num_threads()} | CPU cores {os.cpu_count()}")
+    print(f"data: {len(images):,} {what}; batch {BATCH}; augmentation: random crop 32, padding 4, "
+          f"horizontal flip, normalise")
+    print(f"end to end: SGD steps of {student} ({count_parameters(model):,} parameters), {steps} batches"
+          + (", bf16 autocast" if device.type == "cuda" else ""))
+    rows = []
+    for name, batches in pipelines:
+        rows.append((name, loader_rate(batches, device), training_rate(batches, model, device, steps)))
+    lines = [[name, f"{loader:,.0f}", f"{e2e:,.0f}"] for name, loader, e2e in rows]
+    lines += [[f"kd_ref vs DataLoader, {label}", f"{rows[-1][1] / base[1]:.1f}x", f"{rows[-1][2] / base[2]:.1f}x"]
+              for label, base in (("0 workers", rows[0]), (f"{workers} workers", rows[1]))]
     print()
-    print(f"{'pipeline':<{width}}{'loader img/s':>14}{'end-to-end img/s':>18}")
-    for name, loader, e2e in rows:
-        print(f"{name:<{width}}{loader:>14,.0f}{e2e:>18,.0f}")
-    print(f"{'kd_ref vs DataLoader, 0 workers':<{width}}{rows[-1][1] / base_loader:>13.1f}x"
-          f"{rows[-1][2] / base_e2e:>17.1f}x")
-    print(f"{f'kd_ref vs DataLoader, {workers} workers':<{width}}{rows[-1][1] / rows[1][1]:>13.1f}x"
-          f"{rows[-1][2] / rows[1][2]:>17.1f}x")
+    print(text_table(["pipeline", "loader img/s", "end-to-end img/s"], lines))
     return 0
 

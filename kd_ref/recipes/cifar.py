@@ -22,7 +22,10 @@ Representation Distillation", ICLR; ``scripts/run_cifar_distill.sh``) unless not
 
 Feature methods get no KD term, as in the CRD benchmark table.
 
-Optimisation (``kd_ref.train.SGDSchedule``): SGD, momentum 0.9 (Nesterov), weight decay
+Adding a method is one entry: a factory registered with ``@method("name")`` and its
+weights in ``DEFAULT_WEIGHTS`` (a profile may override them in ``CifarConfig.weights``).
+
+Optimisation (``kd_ref.train.step_decay``): SGD, momentum 0.9 (Nesterov), weight decay
 5e-4, batch 64, lr 0.05 for teachers and students, x0.1 after 150, 180 and 210 of 240
 epochs (the CRD and mdistiller recipe; shorter profiles scale the milestones).
 Augmentation: random crop with 4-pixel padding and horizontal flip, on the device
@@ -47,28 +50,27 @@ from __future__ import annotations
 
 import argparse
 import copy
-import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from .. import distributed
-from ..cli import CommandError, check_json_option, positive_int, save_json_option
-from ..data.cifar import PUBLISHED_STATS, SPECS, CifarData, channel_stats, has_cifar, load_cifar, write_fake_cifar
+from ..data.cifar import PUBLISHED_STATS, SPECS, CifarData, channel_stats, cifar_or_generated
 from ..data.device_pipeline import DeviceBatches
-from ..distillers import (AttentionKD, DecoupledKD, FitNetKD, LogitKD, RelationKD, Scratch, SimilarityKD,
-                          feature_shapes)
+from ..distillers import (AttentionKD, DecoupledKD, Distiller, FitNetKD, LogitKD, RelationKD, Scratch,
+                          SimilarityKD, feature_shapes)
 from ..models import count_parameters
 from ..models.resnet_cifar import STAGES, cifar_resnet
-from ..profiles import get_profile, profile_device
 from ..regressor import ConvRegressor
-from ..report import format_table, summarize
-from ..train import SGDSchedule, evaluate, fit, seed_everything
+from ..report import format_table, summarize_runs as summarize_metrics
+from ..train import ClassifierScores, evaluate, fit, scaled_milestones, seed_everything, step_decay
+from .options import CommandError, add_study_options, fraction, save_json_option, start_study
 
-METHODS = ("kd", "fitnet", "at", "rkd", "sp", "dkd")
 SPLIT_SEED = 0           # the train / validation split is the same for every run
 VAL_SIZE = 5_000         # validation images carved from the 50,000 training images
 
@@ -87,10 +89,23 @@ class CifarConfig:
     batch_size: int = 64
     lr: float = 0.05
     weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
     eval_batch_size: int = 500
     generated_train: int = 640        # size of the generated set when real CIFAR is absent (smoke)
     generated_test: int = 128
+    weights: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_WEIGHTS))   # method -> its loss weights
 
+
+# The loss weights of each method (see the module docstring for their sources).
+DEFAULT_WEIGHTS = {
+    "kd": {"T": 4.0, "kd_weight": 0.9, "ce_weight": 0.1},
+    "fitnet": {"hint_weight": 100.0},
+    "at": {"at_weight": 1000.0 / 2},
+    "rkd": {"rkd_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0},
+    "sp": {"sp_weight": 3000.0},
+    "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup_fraction": 20 / 240},
+}
 
 CONFIGS = {
     "smoke": CifarConfig("resnet8_w8", "resnet8_tiny", teacher_epochs=3, student_epochs=2, val_size=64,
@@ -141,34 +156,66 @@ def split_cifar(data: CifarData, config: CifarConfig) -> CifarSplit:
     )
 
 
-def make_distiller(method: str, student: torch.nn.Module, teacher: torch.nn.Module, config: CifarConfig,
-                   example: torch.Tensor):
-    """The distiller of ``method`` with the weights of the module docstring."""
-    if method == "scratch":
+Factory = Callable[..., Distiller]
+METHODS: dict[str, Factory] = {}     # name -> factory(student, teacher, config, example, **weights), in table order
+
+
+def method(name: str) -> Callable[[Factory], Factory]:
+    """Register a distillation method's factory under ``name`` (its weights: ``CifarConfig.weights[name]``)."""
+    def register(factory: Factory) -> Factory:
+        METHODS[name] = factory
+        return factory
+    return register
+
+
+@method("kd")
+def _kd(student, teacher, config, example, **weights):
+    return LogitKD(student, teacher, **weights)
+
+
+@method("fitnet")
+def _fitnet(student, teacher, config, example, hint_weight):
+    s_shape = feature_shapes(student, ["layer2"], example)["layer2"]          # (B, C_s, H_s, W_s)
+    t_shape = feature_shapes(teacher, ["layer2"], example)["layer2"]          # (B, C_t, H_t, W_t)
+    regressor = ConvRegressor(s_shape[1], t_shape[1], s_shape[2], t_shape[2], relu=True)
+    return FitNetKD(student, teacher, "layer2", "layer2", regressor.to(example.device), hint_weight=hint_weight)
+
+
+@method("at")
+def _at(student, teacher, config, example, **weights):
+    return AttentionKD(student, teacher, STAGES, STAGES, **weights)
+
+
+@method("rkd")
+def _rkd(student, teacher, config, example, **weights):
+    return RelationKD(student, teacher, "embedding", "embedding", **weights)
+
+
+@method("sp")
+def _sp(student, teacher, config, example, **weights):
+    return SimilarityKD(student, teacher, ["layer3"], ["layer3"], **weights)
+
+
+@method("dkd")
+def _dkd(student, teacher, config, example, warmup_fraction, **weights):
+    # the warm-up is a fraction of the run (20 of 240 epochs in mdistiller), raised every step
+    return DecoupledKD(student, teacher, **weights, warmup_epochs=warmup_fraction * config.student_epochs)
+
+
+def make_distiller(name: str, student: torch.nn.Module, teacher: torch.nn.Module, config: CifarConfig,
+                   example: torch.Tensor) -> Distiller:
+    """The distiller of ``name`` ("scratch" or a registered method) with the profile's weights."""
+    if name == "scratch":
         return Scratch(student)
-    if method == "kd":
-        return LogitKD(student, teacher, T=4.0, kd_weight=0.9, ce_weight=0.1)
-    if method == "fitnet":
-        s_shape = feature_shapes(student, ["layer2"], example)["layer2"]      # (B, C_s, H_s, W_s)
-        t_shape = feature_shapes(teacher, ["layer2"], example)["layer2"]      # (B, C_t, H_t, W_t)
-        regressor = ConvRegressor(s_shape[1], t_shape[1], s_shape[2], t_shape[2], relu=True)
-        return FitNetKD(student, teacher, "layer2", "layer2", regressor.to(example.device), hint_weight=100.0)
-    if method == "at":
-        return AttentionKD(student, teacher, STAGES, STAGES, at_weight=1000.0 / 2)
-    if method == "rkd":
-        return RelationKD(student, teacher, "embedding", "embedding", rkd_weight=1.0)
-    if method == "sp":
-        return SimilarityKD(student, teacher, ["layer3"], ["layer3"], sp_weight=3000.0)
-    if method == "dkd":
-        warmup = 20 * config.student_epochs / 240              # 20 of 240 epochs, scaled to the run
-        return DecoupledKD(student, teacher, alpha=1.0, beta=8.0, T=4.0, warmup_epochs=warmup)
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name](student, teacher, config, example, **config.weights[name])
 
 
 def run_seed(seed: int, config: CifarConfig, split: CifarSplit, methods: list[str], *, device: torch.device,
              info: distributed.DistInfo | None = None, checkpoints: Path | None = None, resume: bool = False,
              run_info: dict | None = None, label_smoothing: float = 0.0,
-             autocast_dtype: torch.dtype | None = None, compile_models: bool = False) -> dict:
+             autocast_dtype: torch.dtype | str | None = "auto", compile_models: bool = False) -> dict:
     """Train the teacher and every student with ``seed``; ``{name: {metric: value}}`` on the test split."""
     info = info or distributed.DistInfo(device=device)
     stats = channel_stats(split.train[0])
@@ -184,9 +231,12 @@ def run_seed(seed: int, config: CifarConfig, split: CifarSplit, methods: list[st
         if compile_models:
             distiller.student.compile()
         path = None if checkpoints is None else checkpoints / f"seed{seed}" / f"{name}.pt"
-        fit(distiller, train_batches, epochs=epochs, lr=config.lr, weight_decay=config.weight_decay,
-            device=device, val_batches=val_batches, autocast_dtype=autocast_dtype, desc=f"seed {seed} {name}",
-            sgd=SGDSchedule.scaled(epochs), checkpoint=path, resume=resume,
+        optimizer = partial(torch.optim.SGD, momentum=config.momentum, nesterov=config.nesterov,
+                            weight_decay=config.weight_decay)
+        fit(distiller, train_batches, epochs=epochs, optimizer=optimizer,
+            lr=step_decay(config.lr, len(train_batches), scaled_milestones(epochs)), device=device,
+            validate=ClassifierScores(val_batches, device, distiller.teacher), autocast_dtype=autocast_dtype,
+            desc=f"seed {seed} {name}", checkpoint=path, resume=resume,
             run_info={**(run_info or {}), "seed": seed, "model": name, "epochs": epochs})
         train_batches.generator.manual_seed(seed)       # every model sees the same epochs of data
         if not distributed.replicas_agree(distiller):
@@ -200,25 +250,18 @@ def run_seed(seed: int, config: CifarConfig, split: CifarSplit, methods: list[st
     results = {"teacher": evaluate(teacher, test_batches, device)}
     seed_everything(seed)
     initial_student = cifar_resnet(config.student, split.num_classes)
-    for method in ["scratch", *methods]:
+    for name in ["scratch", *methods]:
         student = copy.deepcopy(initial_student).to(device, memory_format=torch.channels_last)
         seed_everything(seed)                                  # e.g. the FitNets regressor's initial weights
-        distiller = make_distiller(method, student, teacher, config, example)
-        train(f"student_{method}", distiller, config.student_epochs)
-        if hasattr(distiller, "remove_hooks"):
-            distiller.remove_hooks()
-        results[f"student_{method}"] = evaluate(student, test_batches, device, teacher=teacher)
+        with make_distiller(name, student, teacher, config, example) as distiller:
+            train(f"student_{name}", distiller, config.student_epochs)
+        results[f"student_{name}"] = evaluate(student, test_batches, device, teacher=teacher)
     return results
 
 
 def summarize_runs(per_seed: list[dict]) -> list[dict]:
     """Result rows: accuracy of every model, then fidelity of the students."""
-    rows = []
-    for metric in ("accuracy", "fidelity"):
-        for name in per_seed[0]:
-            if metric in per_seed[0][name]:
-                rows.append(summarize(name, metric, [run[name][metric] for run in per_seed]))
-    return rows
+    return summarize_metrics(per_seed, ("accuracy", "fidelity"))
 
 
 def method_list(text: str) -> list[str]:
@@ -230,16 +273,6 @@ def method_list(text: str) -> list[str]:
     return [m for m in METHODS if m in methods]        # the table's order, whatever the order given
 
 
-def smoothing(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "cifar", help="teacher, scratch student and feature/relation/logit KD students on CIFAR-10/100",
@@ -248,58 +281,48 @@ def register(subparsers) -> None:
                     "data when real CIFAR is absent), cpu (a real CIFAR subset, about 30 minutes per seed on 2 "
                     "cores), gpu (the full 240-epoch runs). Works under torchrun --nproc_per_node=N "
                     "(DistributedDataParallel).")
-    parser.add_argument("--profile", help="smoke, cpu, gpu or auto (default: $KD_PROFILE, else auto)")
     parser.add_argument("--data", metavar="DIR", default="data",
                         help="folder holding cifar-10-batches-py/ or cifar-100-python/ (default: data)")
     parser.add_argument("--dataset", choices=sorted(SPECS), default="cifar10", help="default cifar10")
     parser.add_argument("--methods", type=method_list, default=list(METHODS),
                         help=f"comma-separated, from {','.join(METHODS)} (default: all)")
-    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds, 0..N-1 (default 3)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    add_study_options(parser, seeds=3)
     parser.add_argument("--download", action="store_true", help="fetch the data set with torchvision if absent")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints of a killed run")
     parser.add_argument("--checkpoints", metavar="DIR", default="runs/cifar",
                         help="where checkpoints go (default: runs/cifar)")
-    parser.add_argument("--teacher-label-smoothing", type=smoothing, default=0.0, metavar="EPS",
+    parser.add_argument("--teacher-label-smoothing", type=fraction, default=0.0, metavar="EPS",
                         help="train the teacher with label smoothing EPS (Müller et al. 2019; default 0)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
     parser.set_defaults(run=run)
 
 
-def _load_data(args, profile: str, config: CifarConfig, stack: ExitStack) -> CifarData:
-    root = Path(args.data)
-    if has_cifar(root, args.dataset) or args.download or profile != "smoke":
-        try:
-            return load_cifar(root, args.dataset, download=args.download)
-        except (FileNotFoundError, ValueError) as err:
-            raise CommandError(err) from None
-        except (OSError, RuntimeError) as err:      # torchvision's downloader: no network, bad archive
-            raise CommandError(f"download of {args.dataset} failed ({err}); download it by hand into {root}") from None
-    # smoke without real data: a generated set in the real format, read through the same reader
-    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kd-ref-cifar-"))
-    write_fake_cifar(tmp, args.dataset, config.generated_train, config.generated_test, seed=0)
-    return load_cifar(tmp, args.dataset)
+def _load_data(args, profile: str, config: CifarConfig) -> CifarData:
+    """Real CIFAR (or downloaded); in the smoke profile a generated set when the real one is absent."""
+    generate = (config.generated_train, config.generated_test) if profile == "smoke" else None
+    try:
+        return cifar_or_generated(args.data, args.dataset, download=args.download, generate=generate)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(err) from None
+    except (OSError, RuntimeError) as err:      # torchvision's downloader: no network, bad archive
+        raise CommandError(f"download of {args.dataset} failed ({err}); download it by hand into {args.data}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``cifar`` subcommand: check the arguments, train every seed, print and save the results."""
-    try:
-        profile = get_profile(args.profile)
-    except ValueError as err:
-        raise CommandError(err) from None
-    check_json_option(args.json)
+    profile, device = start_study(args)
     config = CONFIGS[profile]
-    info = distributed.setup(profile_device(profile))
-    device = info.device
-    say = print if info.is_main else (lambda *a, **k: None)
     if device.type == "cpu" and profile == "smoke":
         torch.set_num_threads(1)     # tiny models: one thread is as fast, and the numbers are machine-stable
+    info = distributed.setup(device)
+    device = info.device
+    say = print if info.is_main else (lambda *a, **k: None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     with ExitStack() as stack:
         stack.callback(distributed.teardown)
-        split = split_cifar(_load_data(args, profile, config, stack), config)
+        split = split_cifar(_load_data(args, profile, config), config)
         if len(split.train[1]) < config.batch_size:
             raise CommandError(f"only {len(split.train[1])} training images, fewer than one batch "
                                f"({config.batch_size}); is {args.data} complete?")
@@ -328,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         per_seed = [run_seed(seed, config, split, args.methods, device=device, info=info, checkpoints=checkpoints,
                              resume=args.resume, run_info=run_info, label_smoothing=ls,
-                             autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                             autocast_dtype="auto",
                              compile_models=args.compile)
                     for seed in range(args.seeds)]
         seconds = time.perf_counter() - start

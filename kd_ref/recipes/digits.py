@@ -43,14 +43,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cli import CommandError, check_json_option, positive_int, save_json_option
 from ..data import TensorBatches, keep_labels, load_digits_split
 from ..data.digits import NUM_CLASSES
-from ..distillers import UNLABELLED, LogitKD, PseudoLabelKD, Scratch
+from ..distillers import LogitKD, PseudoLabelKD, Scratch
+from ..losses import IGNORE_INDEX
 from ..models import DigitsCNN, count_parameters
-from ..profiles import get_profile, profile_device
-from ..report import format_table, summarize
+from ..report import effect_lines, format_table, summarize_runs as summarize_metrics
 from ..train import evaluate, fit, seed_everything
+from .options import add_study_options, save_json_option, start_study
 from .seeds import default_workers, map_seeds
 
 SPLIT_SEED = 0  # the train / validation / test split is the same for every run
@@ -113,7 +113,7 @@ def run_seed(seed: int, config: DigitsConfig, device: torch.device, evaluate_on:
     results = {"teacher": evaluate(teacher, eval_batches, device)}
 
     few_labels = keep_labels(split.y_train, config.labels_per_class, seed=seed)  # (N,), -1 = unlabelled
-    has_label = few_labels != UNLABELLED                                          # (N,)
+    has_label = few_labels != IGNORE_INDEX                                         # (N,)
     initial_student = DigitsCNN(config.student_width)
     for name, (make_distiller, on_transfer_set) in student_plans(config, teacher).items():
         student = copy.deepcopy(initial_student)
@@ -130,57 +130,29 @@ def run_seed(seed: int, config: DigitsConfig, device: torch.device, evaluate_on:
 
 def summarize_runs(per_seed: list[dict]) -> list[dict]:
     """Result rows: accuracy of every model, then fidelity of the students, then ECE."""
-    names = list(per_seed[0])
-    rows = []
-    for metric in ("accuracy", "fidelity", "ece"):
-        for name in names:
-            if metric in per_seed[0][name]:
-                rows.append(summarize(name, metric, [run[name][metric] for run in per_seed]))
-    return rows
-
-
-def paired(per_seed: list[dict], name: str, baseline: str) -> tuple[float, float | None]:
-    """Mean and std (None for one seed) over seeds of ``accuracy(name) - accuracy(baseline)``, in points."""
-    diffs = [100 * (run[name]["accuracy"] - run[baseline]["accuracy"]) for run in per_seed]
-    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None)
+    return summarize_metrics(per_seed, ("accuracy", "fidelity", "ece"))
 
 
 def kd_effect(per_seed: list[dict]) -> str:
-    """Is ``student_kd`` better than ``student_scratch`` by more than two standard deviations?
+    """Does ``student_kd`` beat ``student_scratch``? The paired difference with its 95 % interval.
 
-    Paired criterion (the main one): the mean of the per-seed differences exceeds twice
-    their standard deviation. Plain criterion: the difference of the means exceeds twice
-    the scratch student's standard deviation. Also the fraction of the teacher-student
-    gap that KD recovers, ``(kd - scratch) / (teacher - scratch)`` on the means, and the
-    paired differences that take the effect apart.
+    "helps" only when the t interval over seeds excludes 0 (``kd_ref.report``). Also the
+    fraction of the teacher-student gap that KD recovers, ``(kd - scratch) / (teacher -
+    scratch)`` on the means, and the paired differences that take the effect apart.
     """
-    acc = {name: [100 * run[name]["accuracy"] for run in per_seed] for name in per_seed[0]}
-    mean = {name: statistics.fmean(values) for name, values in acc.items()}
-    gain, sd_diff = paired(per_seed, "student_kd", "student_scratch")
-    lines = [f"KD effect on test accuracy: student_kd - student_scratch = {gain:+.1f} points"]
-    if sd_diff is None:
-        lines.append("  (a spread needs at least 2 seeds: run with --seeds 5 to test the effect)")
-    else:
-        sd_scratch = statistics.stdev(acc["student_scratch"])
-        verdict = {True: "holds", False: "does NOT hold"}
-        lines += [
-            f"  paired, {len(per_seed)} seeds: mean of differences {gain:+.1f} > 2 x their std "
-            f"({2 * sd_diff:.1f})? {verdict[gain > 2 * sd_diff]}",
-            f"  plain: difference of means {gain:+.1f} > 2 x std of student_scratch "
-            f"({2 * sd_scratch:.1f})? {verdict[gain > 2 * sd_scratch]}",
-        ]
+    mean = {name: 100 * statistics.fmean(run[name]["accuracy"] for run in per_seed) for name in per_seed[0]}
+    lines = ["KD effect on test accuracy (paired over seeds, points, mean ± standard error):",
+             *effect_lines(per_seed, [("student_kd", "student_scratch", "")], "accuracy", scale=100)]
     gap = mean["teacher"] - mean["student_scratch"]
     if gap > 0:
+        gain = mean["student_kd"] - mean["student_scratch"]
         lines.append(f"  teacher-student gap recovered: (kd - scratch) / (teacher - scratch) = {gain / gap:.0%}")
-    lines.append("Taking it apart (paired differences, mean ± std over seeds, points):")
-    for name, baseline, meaning in [
+    lines.append("Taking it apart:")
+    lines += effect_lines(per_seed, [
         ("student_pseudo", "student_scratch", "transfer set, teacher's hard labels"),
         ("student_kd_few", "student_scratch", "soft targets, no transfer set"),
         ("student_kd", "student_pseudo", "soft instead of hard on the transfer set"),
-    ]:
-        diff, sd = paired(per_seed, name, baseline)
-        spread = "" if sd is None else f" ± {sd:.1f}"
-        lines.append(f"  {name} - {baseline}: {diff:+.1f}{spread}  ({meaning})")
+    ], "accuracy", scale=100)
     return "\n".join(lines)
 
 
@@ -203,24 +175,17 @@ def register(subparsers) -> None:
         description="Distil a CNN teacher into a 14x smaller student on scikit-learn's digits, with 5 labels "
                     "per class and the rest of the training images as an unlabelled transfer set. "
                     "Sizes follow KD_PROFILE (smoke, cpu, gpu, auto).")
-    parser.add_argument("--seeds", type=positive_int, default=5, help="number of seeds, 0..N-1 (default 5)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    add_study_options(parser, seeds=5, profile=False)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``digits`` subcommand: check the arguments, train every seed, print and save the results."""
-    try:
-        profile = get_profile()
-    except ValueError as err:
-        raise CommandError(err) from None
-    check_json_option(args.json)
-    config, device = CONFIGS[profile], profile_device(profile)
-    if device.type == "cpu":
-        # Models this small run as fast on one thread as on two (measured: 2.4x slower on two
-        # here), and one thread makes the numbers independent of the machine's core count;
-        # the seeds run side by side instead, one process per core (kd_ref.recipes.seeds).
-        torch.set_num_threads(1)
+    # Models this small run as fast on one thread as on two (measured: 2.4x slower on two
+    # here), and one thread makes the numbers independent of the machine's core count;
+    # the seeds run side by side instead, one process per core (kd_ref.recipes.seeds).
+    profile, device = start_study(args, one_thread_on_cpu=True)
+    config = CONFIGS[profile]
 
     teacher_params = count_parameters(DigitsCNN(config.teacher_width))
     student_params = count_parameters(DigitsCNN(config.student_width))

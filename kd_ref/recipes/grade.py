@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import CommandError, check_json_option
+from .options import CommandError, check_json_option
 
 
 def positive_seconds(text: str) -> float:

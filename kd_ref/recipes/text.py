@@ -4,12 +4,18 @@ For each seed: train a ``CharGPT`` teacher on the training blocks of the corpus;
 from **one** initial student and on **one** seeded sequence of training crops, three
 students for the same number of steps, so the loss is the only difference between them:
 
-    student_scratch         cross-entropy on the next character            (TokenCE)
+    student_scratch         cross-entropy on the next character            (Scratch, padding=True)
     student_kd              kd_weight T^2 KL(p_t || p_s) at every position
-                            + ce_weight CE                                  (TokenKD)
+                            + ce_weight CE                                  (LogitKD, padding=True)
     student_kd_hidden_attn  the same + hidden_weight hidden-state MSE through learned
                             projections + attention_weight attention KL, on TinyBERT's
-                            uniform layer map                               (TokenKDHiddenAttention)
+                            uniform layer map                               (HiddenAttentionKD)
+
+Every model is trained by ``kd_ref.train.fit`` (AdamW, warm-up then cosine to a tenth,
+gradient clipping at 1), which records the validation bits per character every
+``eval_every`` steps: the validation curve. With ``--checkpoints DIR`` each model's
+training state is saved at every record, and ``--resume`` continues a killed run
+(losing at most one record interval) with the numbers of an uninterrupted one.
 
 The result is the validation bits per character (every validation character scored
 once), mean and std over seeds, with the paired differences (``kd_effect``).
@@ -40,22 +46,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from ..cli import CommandError, check_json_option, positive_int, save_json_option
 from ..data.text import CharVocab, RandomCrops, ValidationWindows, bits_per_char, load_text, split_text
+from ..distillers import LogitKD, Scratch
 from ..models.count import count_parameters
 from ..models.gpt import CharGPT, GPTConfig
-from ..profiles import get_profile, profile_device
-from ..report import summarize
-from ..sequence_distillers import TokenCE, TokenKD, TokenKDHiddenAttention
-from ..train import seed_everything
+from ..report import effect_lines, summarize_runs as summarize_metrics, text_table
+from ..sequence_distillers import HiddenAttentionKD
+from ..train import cosine_schedule, fit, seed_everything
+from .options import CommandError, add_study_options, save_json_option, start_study
 
 SPLIT_SEED = 0  # the train / validation split is the same for every run
 
@@ -109,74 +115,38 @@ METHODS = ("student_scratch", "student_kd", "student_kd_hidden_attn")
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then a cosine from ``peak`` down to ``peak / 10`` at ``total``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return cosine_schedule(peak, total, warmup, final=peak / 10)(step)
 
 
-def train_steps(distiller, crops: RandomCrops, *, lr: float, warmup: int = 0, weight_decay: float = 0.0,
-                grad_clip: float = 1.0, windows: ValidationWindows | None = None, eval_every: int = 0,
-                device: str | torch.device = "cpu", desc: str = "train") -> dict:
-    """Train a sequence distiller for ``len(crops)`` steps; return its log and throughput.
+def train_model(distiller, crops: RandomCrops, *, lr: float, config: "TextConfig", windows: ValidationWindows,
+                device, desc: str, checkpoint: Path | None = None, resume: bool = False,
+                run_info: dict | None = None) -> dict:
+    """Train a sequence distiller for ``len(crops)`` steps with ``kd_ref.train.fit``; its log and throughput.
 
-    Each step: ``logits, terms = distiller(x, y)``, ``loss = sum(terms.values())``,
-    backward, gradient-norm clipping, AdamW with :func:`learning_rate`. The same
-    pattern as ``kd_ref.train.fit``, counted in steps rather than epochs, with the
-    validation bits per character measured every ``eval_every`` steps (and at the end).
-
-    Returns ``{"history": [{"step", each term's mean since the last record, "val_bpc"}],
-    "train_tokens_per_s": float}`` (throughput excludes the validation passes).
+    AdamW (betas 0.9, 0.99), warm-up then cosine to ``lr / 10``, gradient clipping at 1,
+    validation bits per character every ``config.eval_every`` steps and at the end.
+    Returns ``{"history": [...], "train_tokens_per_s": float}`` (validation excluded).
     """
-    device = torch.device(device)
-    distiller.to(device)
-    params = [p for p in distiller.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
-    total, history, sums, n_sum, train_seconds = len(crops), [], {}, 0, 0.0
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=None)   # shown on a terminal only
-    for step, (x, y) in enumerate(crops):
-        start = time.perf_counter()
-        distiller.train()
-        x, y = x.to(device), y.to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, total, lr, warmup)
-        _, terms = distiller(x, y)
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value.detach().float()
-        n_sum += 1
-        train_seconds += time.perf_counter() - start
-        done = step + 1
-        if (eval_every and done % eval_every == 0) or done == total:
-            record = {"step": done, **{name: (s / n_sum).item() for name, s in sums.items()}}
-            if not all(math.isfinite(v) for v in record.values()):
-                raise FloatingPointError(f"a loss term is not finite at step {done}: {record}")
-            if windows is not None:
-                record["val_bpc"] = bits_per_char(distiller.student, windows, device)
-            history.append(record)
-            sums, n_sum = {}, 0
-        bar.update(1)
-    bar.close()
-    optimizer.zero_grad(set_to_none=True)
+    total = len(crops)
+    history = fit(distiller, crops, lr=cosine_schedule(lr, total, config.warmup, final=lr / 10),
+                  optimizer=partial(torch.optim.AdamW, betas=(0.9, 0.99), weight_decay=config.weight_decay),
+                  grad_clip=1.0, device=device, eval_every=config.eval_every, autocast_dtype="auto",
+                  validate=lambda model: {"bpc": bits_per_char(model, windows, device)}, desc=desc,
+                  checkpoint=checkpoint, resume=resume, run_info=run_info)
     tokens = total * crops.batch_size * crops.context
-    return {"history": history, "train_tokens_per_s": tokens / max(train_seconds, 1e-9)}
+    return {"history": history, "train_tokens_per_s": tokens / max(history[-1]["train_seconds"], 1e-9)}
 
 
 def make_distiller(name: str, student: CharGPT, teacher: CharGPT, config: TextConfig):
     """The distiller of a student row: scratch, token KD, or token KD + hidden + attention."""
     kd = dict(T=config.T, kd_weight=config.kd_weight, ce_weight=config.ce_weight)
     if name == "student_scratch":
-        return TokenCE(student)
+        return Scratch(student, padding=True)
     if name == "student_kd":
-        return TokenKD(student, teacher, **kd)
+        return LogitKD(student, teacher, **kd, padding=True)
     if name == "student_kd_hidden_attn":
-        return TokenKDHiddenAttention(student, teacher, **kd, hidden_weight=config.hidden_weight,
-                                      attention_weight=config.attention_weight)
+        return HiddenAttentionKD(student, teacher, **kd, hidden_weight=config.hidden_weight,
+                                 attention_weight=config.attention_weight)
     raise ValueError(f"unknown student method {name!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -188,13 +158,16 @@ def inference_tokens_per_s(model: CharGPT, windows: ValidationWindows, device) -
 
 
 def run_seed(seed: int, config: TextConfig, text: str, device, methods=METHODS, sample_prompt: str = "\n",
-             on_model=None) -> dict:
+             on_model=None, checkpoints: Path | None = None, resume: bool = False,
+             run_info: dict | None = None) -> dict:
     """Train the teacher and each student with ``seed``; return every model's results.
 
     ``{name: {"bits_per_char", "train_tokens_per_s", "infer_tokens_per_s", "history",
     "sample", "parameters", "model"}}``. The students of a seed start from the same
     initial weights and see the same sequence of training crops, so the loss is the
     only difference between them. ``on_model(name, result)`` is called after each model.
+    ``checkpoints``: a folder for one checkpoint per model (``seed<k>/<name>.pt``);
+    ``resume`` continues from them; ``run_info`` identifies the run (see ``fit``).
     """
     vocab = CharVocab(text)
     split = split_text(vocab.encode(text), config.context, seed=SPLIT_SEED)
@@ -210,20 +183,23 @@ def run_seed(seed: int, config: TextConfig, text: str, device, methods=METHODS, 
     seed_everything(seed)
     teacher = CharGPT(config.model(len(vocab), "teacher"))
     initial_student = CharGPT(config.model(len(vocab), "student"))
-    common = dict(warmup=config.warmup, weight_decay=config.weight_decay, windows=windows,
-                  eval_every=config.eval_every, device=device)
+
+    def train(name, distiller, steps, crop_seed, lr):
+        crops = RandomCrops(split.train, config.context, config.batch_size, steps, seed=crop_seed)
+        path = None if checkpoints is None else Path(checkpoints) / f"seed{seed}" / f"{name}.pt"
+        info = {**(run_info or {}), "seed": seed, "model": name, "steps": steps}
+        return train_model(distiller, crops, lr=lr, config=config, windows=windows, device=device,
+                           desc=f"seed {seed} {name}", checkpoint=path, resume=resume, run_info=info)
 
     results = {}
-    crops = RandomCrops(split.train, config.context, config.batch_size, config.teacher_steps, seed=seed)
-    log = train_steps(TokenCE(teacher), crops, lr=config.lr, desc=f"seed {seed} teacher", **common)
+    log = train("teacher", Scratch(teacher, padding=True), config.teacher_steps, seed, config.lr)
     results["teacher"] = _result(teacher, log, windows, vocab, seed, config, device, sample_prompt)
     if on_model is not None:
         on_model("teacher", results["teacher"])
     for name in methods:
         student = copy.deepcopy(initial_student)
-        crops = RandomCrops(split.train, config.context, config.batch_size, config.student_steps, seed=1000 + seed)
-        log = train_steps(make_distiller(name, student, teacher, config), crops, lr=config.student_lr,
-                          desc=f"seed {seed} {name}", **common)
+        with make_distiller(name, student, teacher, config) as distiller:
+            log = train(name, distiller, config.student_steps, 1000 + seed, config.student_lr)
         results[name] = _result(student, log, windows, vocab, seed, config, device, sample_prompt)
         if on_model is not None:
             on_model(name, results[name])
@@ -247,67 +223,39 @@ def _result(model, log, windows, vocab, seed, config, device, prompt) -> dict:
 
 def summarize_runs(per_seed: list[dict]) -> list[dict]:
     """JSON rows: the validation bits per character of every model, mean and std over seeds."""
-    return [summarize(name, "bits_per_char", [run[name]["bits_per_char"] for run in per_seed])
-            for name in per_seed[0]]
-
-
-def paired(per_seed: list[dict], better: str, baseline: str) -> tuple[float, float | None]:
-    """Mean and std (None for one seed) over seeds of ``bpc(baseline) - bpc(better)`` (positive = better helps)."""
-    diffs = [run[baseline]["bits_per_char"] - run[better]["bits_per_char"] for run in per_seed]
-    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None)
+    return summarize_metrics(per_seed, ("bits_per_char",))
 
 
 def format_results(per_seed: list[dict]) -> str:
     """The results table: parameters, validation bits/char (mean ± std), then the hardware-dependent throughput."""
-    names = list(per_seed[0])
-    header = ["name", "parameters", "val bits/char", "|", "train tok/s", "infer tok/s"]
     lines = []
-    for name in names:
+    for name in per_seed[0]:
         bpc = [run[name]["bits_per_char"] for run in per_seed]
         std = statistics.stdev(bpc) if len(bpc) > 1 else 0.0
         lines.append([name, f"{per_seed[0][name]['parameters']:,}", f"{statistics.fmean(bpc):.3f} ± {std:.3f}", "|",
                       f"{statistics.fmean(run[name]['train_tokens_per_s'] for run in per_seed):,.0f}",
                       f"{statistics.fmean(run[name]['infer_tokens_per_s'] for run in per_seed):,.0f}"])
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-
-    def fmt(line):
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-
-    rule = ["-" * w if i != 3 else "|" for i, w in enumerate(widths)]
-    return "\n".join([fmt(header), fmt(rule), *map(fmt, lines)])
+    return text_table(["name", "parameters", "val bits/char", "|", "train tok/s", "infer tok/s"], lines,
+                      separators=[3])
 
 
 def kd_effect(per_seed: list[dict]) -> str:
-    """Does token-level KD beat the scratch student by more than two standard deviations?
+    """Does token-level KD lower the bits per character? Paired differences with their 95 % intervals.
 
-    Paired criterion (the main one): the mean over seeds of ``bpc(scratch) - bpc(kd)``
-    exceeds twice the standard deviation of those differences. Plain criterion: the
-    difference of the means exceeds twice the scratch student's standard deviation.
-    Then the same paired difference for hidden + attention over token KD alone.
+    Negative differences are gains (fewer bits). "helps" only when the t interval over
+    seeds lies below 0 (``kd_ref.report``). Then the same for hidden + attention over
+    token KD alone, and the fraction of the teacher-student gap that KD closes.
     """
-    bpc = {name: [run[name]["bits_per_char"] for run in per_seed] for name in per_seed[0]}
-    gain, sd_diff = paired(per_seed, "student_kd", "student_scratch")
-    lines = [f"KD effect on validation bits/char (lower is better): student_scratch - student_kd = {gain:+.3f}"]
-    verdict = {True: "holds", False: "does NOT hold"}
-    if sd_diff is None:
-        lines.append("  (a spread needs at least 2 seeds: run with --seeds 3 to test the effect)")
-    else:
-        sd_scratch = statistics.stdev(bpc["student_scratch"])
-        lines += [
-            f"  paired, {len(per_seed)} seeds: mean of differences {gain:+.3f} > 2 x their std "
-            f"({2 * sd_diff:.3f})? {verdict[gain > 2 * sd_diff]}",
-            f"  plain: difference of means {gain:+.3f} > 2 x std of student_scratch "
-            f"({2 * sd_scratch:.3f})? {verdict[gain > 2 * sd_scratch]}",
-        ]
-    gap = statistics.fmean(bpc["student_scratch"]) - statistics.fmean(bpc["teacher"])
+    mean = {name: statistics.fmean(run[name]["bits_per_char"] for run in per_seed) for name in per_seed[0]}
+    comparisons = [("student_kd", "student_scratch", "token-level KD")]
+    if "student_kd_hidden_attn" in mean:
+        comparisons.append(("student_kd_hidden_attn", "student_kd", "+ hidden states and attention"))
+    lines = ["Effects on validation bits/char (lower is better; paired over seeds, mean ± standard error):",
+             *effect_lines(per_seed, comparisons, "bits_per_char", digits=3, lower_is_better=True)]
+    gap = mean["student_scratch"] - mean["teacher"]
     if gap > 0:
-        lines.append(f"  teacher-student gap closed: (scratch - kd) / (scratch - teacher) = {gain / gap:.0%}")
-    if "student_kd_hidden_attn" in bpc:
-        extra, sd = paired(per_seed, "student_kd_hidden_attn", "student_kd")
-        spread = "" if sd is None else f" ± {sd:.3f}"
-        helps = "" if sd is None else ("  (helps: > 2 std)" if extra > 2 * sd else
-                                        "  (hurts: < -2 std)" if extra < -2 * sd else "  (within 2 std: no clear effect)")
-        lines.append(f"  student_kd - student_kd_hidden_attn = {extra:+.3f}{spread} (paired){helps}")
+        closed = (mean["student_scratch"] - mean["student_kd"]) / gap
+        lines.append(f"  teacher-student gap closed by KD: (scratch - kd) / (scratch - teacher) = {closed:.0%}")
     return "\n".join(lines)
 
 
@@ -317,30 +265,31 @@ def register(subparsers) -> None:
         description="Train a character-level GPT teacher, then three smaller students for the same number of "
                     "steps: from scratch, with token-level KD, and with KD + hidden-state + attention losses. "
                     "Prints validation bits per character (mean ± std over seeds).")
-    parser.add_argument("--profile", metavar="P", help="smoke, cpu, gpu or auto (default: $KD_PROFILE, else auto)")
+    add_study_options(parser, seeds=3)
     parser.add_argument("--text", metavar="FILE", help="a UTF-8 text file (default: CPython's pydoc_data.topics)")
-    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds, 0..N-1 (default 3)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--checkpoints", metavar="DIR", default=None,
+                        help="save every model's training state in DIR at each validation (default: none)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints of a killed run")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``text`` subcommand: check the arguments and data, train every seed, print and save the results."""
+    if args.resume and args.checkpoints is None:
+        raise CommandError("--resume needs --checkpoints DIR (where the killed run saved its state)")
+    # The smoke models are so small that one thread is as fast, and one thread makes the
+    # numbers independent of the machine's core count. The cpu profile's models gain from
+    # every core (measured on 2 cores: 1.5x the tokens per second of one thread).
+    profile, device = start_study(args)
+    if device.type == "cpu" and profile == "smoke":
+        torch.set_num_threads(1)
+    config = CONFIGS[profile]
     try:
-        profile = get_profile(args.profile)
-        config = CONFIGS[profile]
         text, source = load_text(args.text)
         vocab = CharVocab(text)
         split = split_text(vocab.encode(text), config.context, seed=SPLIT_SEED)
     except ValueError as err:
         raise CommandError(err) from None
-    check_json_option(args.json)
-    device = profile_device(profile)
-    if device.type == "cpu" and profile == "smoke":
-        # The smoke models are so small that one thread is as fast, and one thread makes the
-        # numbers independent of the machine's core count. The cpu profile's models gain from
-        # every core (measured on 2 cores: 1.5x the tokens per second of one thread).
-        torch.set_num_threads(1)
 
     teacher_config, student_config = config.model(len(vocab), "teacher"), config.model(len(vocab), "student")
     teacher_params = count_parameters(CharGPT(teacher_config))
@@ -359,13 +308,18 @@ def run(args: argparse.Namespace) -> int:
           f"attention_weight {config.attention_weight:g}")
 
     prompt = "\n" if "\n" in vocab.chars else text[0]
-    start = time.perf_counter()
+    checkpoints = None if args.checkpoints is None else Path(args.checkpoints) / profile
+    run_info = {"profile": profile, "text": source, "config": repr(config)}
+    if checkpoints is not None:
+        print(f"checkpoints: {checkpoints}" + (" (resuming)" if args.resume else ""))
+    began = time.perf_counter()
     per_seed = []
     for seed in range(args.seeds):
         per_seed.append(run_seed(seed, config, text, device, sample_prompt=prompt,
                                  on_model=lambda name, r, seed=seed: print(
-                                     f"  seed {seed} {name}: {r['bits_per_char']:.3f} bits/char", flush=True)))
-    seconds = time.perf_counter() - start
+                                     f"  seed {seed} {name}: {r['bits_per_char']:.3f} bits/char", flush=True),
+                                 checkpoints=checkpoints, resume=args.resume, run_info=run_info))
+    seconds = time.perf_counter() - began
     rows = summarize_runs(per_seed)
 
     print()
