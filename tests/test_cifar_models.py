@@ -166,7 +166,7 @@ def test_hooks_are_released_and_wrong_names_are_refused(nets):
     distiller = SimilarityKD(student, teacher, ["layer3"], ["layer3"])
     distiller(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     assert distiller.student_hooks.features == {}              # references dropped after each step
-    distiller.remove_hooks()
+    distiller.close()
     assert not student.layer3._forward_hooks and not teacher.layer3._forward_hooks
     with pytest.raises(ValueError, match="names \\['layer4'\\] not found"):
         AttentionKD(student, teacher, ["layer4"], ["layer3"])
@@ -181,7 +181,7 @@ def test_dkd_warms_up_linearly(nets):
     with torch.no_grad():
         full = dkd_loss(student(x), teacher(x), y, alpha=1.0, beta=8.0, T=4.0)
         for epoch, weight in ((0.5, 0.125), (1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):   # fractional epochs too
-            distiller.set_epoch(epoch)
+            distiller.set_progress(epoch)
             torch.testing.assert_close(distiller(x, y)[1]["dkd"], weight * full)
 
 

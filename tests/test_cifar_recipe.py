@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("restore_threads")   # tests/conftest.py
 
 def cli(*args, timeout=300):
     """Run ``kd-ref`` in a fresh process (as a user would), smoke profile."""
-    return subprocess.run([sys.executable, "-m", "kd_ref.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "kd_ref", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "KD_PROFILE": "smoke"}, cwd=REPO)
 
 
@@ -79,7 +79,7 @@ def test_missing_or_corrupt_data_and_bad_profile_are_refused_before_training(tmp
 
 def test_a_killed_run_resumes_and_ends_with_the_numbers_of_an_uninterrupted_one(tmp_path):
     args = ["cifar", "--profile", "smoke", "--seeds", "1", "--methods", "kd", "--data", str(tmp_path / "none")]
-    killed = subprocess.Popen([sys.executable, "-m", "kd_ref.cli", *args, "--checkpoints", str(tmp_path / "ck"),
+    killed = subprocess.Popen([sys.executable, "-m", "kd_ref", *args, "--checkpoints", str(tmp_path / "ck"),
                                "--json", str(tmp_path / "killed.json")], env={**os.environ, "KD_PROFILE": "smoke"},
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     teacher = tmp_path / "ck" / "smoke-cifar10" / "seed0" / "teacher.pt"
@@ -95,7 +95,7 @@ def test_a_killed_run_resumes_and_ends_with_the_numbers_of_an_uninterrupted_one(
 
     resumed = cli(*args, "--checkpoints", str(tmp_path / "ck"), "--resume", "--json", str(tmp_path / "resumed.json"))
     assert resumed.returncode == 0, resumed.stderr
-    assert torch.load(teacher, weights_only=True)["resumes"] == [saved["epoch"]]   # it continued, not restarted
+    assert torch.load(teacher, weights_only=True)["resumes"] == [saved["step"]]    # it continued, not restarted
 
     assert main([*args, "--checkpoints", str(tmp_path / "fresh"), "--json", str(tmp_path / "fresh.json")]) == 0
     rows = [json.loads((tmp_path / f"{run}.json").read_text())["rows"] for run in ("resumed", "fresh")]
@@ -105,7 +105,7 @@ def test_a_killed_run_resumes_and_ends_with_the_numbers_of_an_uninterrupted_one(
 def test_torchrun_two_processes_gloo_smoke(tmp_path):
     out = tmp_path / "ddp.json"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kd_ref.cli",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "kd_ref",
          "cifar", "--profile", "smoke", "--seeds", "1", "--methods", "kd", "--data", str(tmp_path / "none"),
          "--checkpoints", str(tmp_path / "ck"), "--json", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "KD_PROFILE": "smoke", "OMP_NUM_THREADS": "1"},

@@ -4,12 +4,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from kd_ref.cli import main
 from kd_ref.recipes.digits import CONFIGS, kd_effect, run_seed
-from kd_ref.report import check_writable, format_table, summarize
+from kd_ref.report import check_writable, format_table, paired_effect, summarize, text_table
 
 ROWS = ["teacher", "student_scratch", "student_kd", "student_pseudo", "student_kd_few"]
 
@@ -37,7 +38,7 @@ def test_digits_smoke_writes_the_json_contract(smoke, tmp_path, capsys):
     assert {row["metric"] for row in result["rows"]} == {"accuracy", "fidelity", "ece"}
     out = capsys.readouterr().out
     assert all(name in out for name in ROWS) and "24,058" not in out and "1,702 parameters" in out
-    assert "KD effect" in out and "at least 2 seeds" in out
+    assert "KD effect" in out and "(one seed): one seed: no interval" in out
 
 
 def test_digits_is_deterministic_for_a_seed(smoke):
@@ -104,16 +105,39 @@ def test_format_table_shows_percent_mean_and_std():
     assert lines[3].split() == ["student_kd", "85.0", "±", "7.1", "91.0", "±", "0.0"]
 
 
-def test_kd_effect_reports_the_paired_and_plain_criteria():
+def test_kd_effect_reports_paired_differences_with_t_intervals():
     def run(teacher, scratch, kd):
         return {"teacher": {"accuracy": teacher}, "student_scratch": {"accuracy": scratch},
                 "student_kd": {"accuracy": kd}, "student_pseudo": {"accuracy": kd},
                 "student_kd_few": {"accuracy": scratch}}
-    # Per-seed differences 10, 12, 14 points: mean 12 > 2 x std 2 = 4. Scratch std 10 points: 12 < 20.
+    # Per-seed differences 10, 12, 14 points: mean 12, sd 2, se 2 / sqrt(3) = 1.155; t(0.975, 2) = 4.3027 (tables):
+    # the 95 % interval is 12 ± 4.97 = [7.0, 17.0], above 0: KD helps.
     text = kd_effect([run(0.99, 0.70, 0.80), run(0.99, 0.80, 0.92), run(0.99, 0.90, 1.04)])
-    assert "mean of differences +12.0 > 2 x their std (4.0)? holds" in text
-    assert "difference of means +12.0 > 2 x std of student_scratch (20.0)? does NOT hold" in text
+    assert "student_kd - student_scratch: +12.0 ± 1.2 (95 % CI [+7.0, +17.0], 3 seeds): helps" in text
     assert "(kd - scratch) / (teacher - scratch) = 63%" in text          # 12 / 19
+    assert "student_kd_few - student_scratch: +0.0 ± 0.0" in text
+
+
+def test_paired_effect_is_the_paired_t_interval():
+    effect = paired_effect([1.0, 2.0, 2.5, 1.5], [0.5, 0.5, 0.5, 0.5])   # differences 0.5, 1.5, 2.0, 1.0
+    se = np.std([0.5, 1.5, 2.0, 1.0], ddof=1) / 2                       # sd / sqrt(4)
+    assert effect.mean == pytest.approx(1.25) and effect.se == pytest.approx(se) and effect.n == 4
+    assert effect.high - effect.mean == pytest.approx(3.182446 * se, rel=1e-6)   # t(0.975, 3), from tables
+    assert effect.verdict() == "helps"
+    assert paired_effect([1.0, -1.0, 0.5], [0.0, 0.0, 0.0]).verdict() == "no detectable difference"
+    assert paired_effect([-3.0, -2.0, -2.5], [0.0, 0.0, 0.0]).verdict() == "hurts"
+    single = paired_effect([1.0], [0.0])
+    assert single.low is None and single.verdict() == "one seed: no interval"
+    with pytest.raises(ValueError, match="pair up"):
+        paired_effect([1.0, 2.0], [1.0])
+
+
+def test_text_table_aligns_and_keeps_separators():
+    table = text_table(["name", "a", "|", "b"], [["x", "1.0", "|", "22"], ["longer", "10.5", "|", "3"]], separators=[2])
+    assert table.splitlines() == ["name       a  |   b", "------  ----  |  --", "x        1.0  |  22",
+                                  "longer  10.5  |   3"]
+    with pytest.raises(ValueError, match="cells like the header"):
+        text_table(["a", "b"], [["only one"]])
 
 
 def test_run_seed_scores_only_test_or_validation():

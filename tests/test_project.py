@@ -19,6 +19,11 @@ CONTRACT = [
 ]
 
 
+def extras(project: dict) -> list[str]:
+    """Every optional dependency (the grade and dev extras), without the self-reference of dev to grade."""
+    return [r for extra in project["optional-dependencies"].values() for r in extra if not r.startswith("kd_ref")]
+
+
 def test_every_contract_name_is_importable_from_kd_ref():
     missing = [n for n in CONTRACT if not hasattr(kd_ref, n)]
     assert not missing
@@ -33,7 +38,7 @@ def _name(requirement: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    wanted = project["dependencies"] + extras(project)
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = [r for r in pip_section if not r.startswith("-")]
@@ -46,8 +51,36 @@ def test_environment_yml_matches_pyproject():
 
 def test_every_dependency_has_an_upper_bound():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    for requirement in project["dependencies"] + extras(project):
         assert "<" in requirement, f"{requirement} has no upper bound"
+
+
+def test_the_version_is_written_once_and_the_license_matches():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "kd_ref.__version__"}
+    versions = [p for p in (ROOT / "kd_ref").rglob("*.py") if "__version__ =" in p.read_text()]
+    assert versions == [ROOT / "kd_ref" / "__init__.py"]
+    assert pyproject["project"]["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    from importlib.metadata import version
+    assert version("kd_ref") == kd_ref.__version__                   # the installed metadata reads the same line
+
+
+def test_the_grade_extra_is_enough_for_grading_and_no_more():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    grade = {_name(r) for r in project["optional-dependencies"]["grade"]}
+    assert {"otter-grader", "nbformat", "nbclient", "ipykernel"} <= grade
+    assert not grade & {"jupyterlab", "matplotlib", "pytest", "nbval"}    # the course, not the grader
+    assert "kd_ref[grade]" in project["optional-dependencies"]["dev"]
+
+
+def test_no_import_cycle_between_the_command_and_the_recipes():
+    for path in (ROOT / "kd_ref" / "recipes").glob("*.py"):
+        assert "from ..cli" not in path.read_text() and "import kd_ref.cli" not in path.read_text(), path.name
+    result = subprocess.run([sys.executable, "-m", "kd_ref", "--version"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == f"kd-ref {kd_ref.__version__}"
 
 
 def test_ci_runs_the_readme_test_command():

@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import kd_ref
-from kd_ref.data.text import (PAD_TARGET, CharVocab, RandomCrops, ValidationWindows, bits_per_char, load_text,
+from kd_ref.data.text import (CharVocab, RandomCrops, ValidationWindows, bits_per_char, load_text,
                               split_text)
 from kd_ref.models import CharGPT, GPTConfig, count_parameters
-from kd_ref.sequence_distillers import TokenCE, TokenKD, TokenKDHiddenAttention, uniform_layer_map
+from kd_ref.distillers import LogitKD, Scratch
+from kd_ref.losses import IGNORE_INDEX
+from kd_ref.sequence_distillers import HiddenAttentionKD, uniform_layer_map
 
 V = 11
 
@@ -50,13 +52,15 @@ def test_shapes_of_logits_hidden_states_and_attention():
     model = gpt(n_layer=3, n_head=2, width=16)
     x = tokens(4, 10)
     assert model(x).shape == (4, 10, V)
-    out = model(x, output_hidden=True, output_attentions=True)
+    out = model.forward_internals(x, attentions=True)
     assert len(out.hidden_states) == 3 + 1                              # embedding output + each block
     assert all(h.shape == (4, 10, 16) for h in out.hidden_states)
     assert len(out.attention_scores) == len(out.attention_probs) == 3
     assert all(a.shape == (4, 2, 10, 10) for a in out.attention_scores + out.attention_probs)
-    only_hidden = model(x, output_hidden=True)
+    only_hidden = model.forward_internals(x)
     assert only_hidden.attention_probs is None and only_hidden.attention_scores is None
+    assert isinstance(model(x), torch.Tensor)                           # forward: always the logits tensor
+    torch.testing.assert_close(only_hidden.logits, model(x))
 
 
 @pytest.mark.parametrize("V_, context, L, H, C, tied", [
@@ -86,9 +90,8 @@ def test_causal_a_future_token_never_changes_past_logits():
     x = tokens(2, 12)
     changed = x.clone()
     changed[:, 7] = (changed[:, 7] + 1) % V
-    for kwargs in ({}, {"output_attentions": True}):
-        a, b = model(x, **kwargs), model(changed, **kwargs)
-        a, b = (a, b) if not kwargs else (a.logits, b.logits)
+    for run in (model, lambda ids: model.forward_internals(ids, attentions=True).logits):   # fused, explicit
+        a, b = run(x), run(changed)
         torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-6)
         assert (a[:, 7:] - b[:, 7:]).abs().max() > 1e-3                 # the change is seen from position 7 on
 
@@ -101,14 +104,14 @@ def test_fused_and_explicit_attention_give_the_same_logits():
     mask[2, 3:5] = False
     for m in (None, mask):
         fused = model(x, m)
-        explicit = model(x, m, output_attentions=True).logits
+        explicit = model.forward_internals(x, m, attentions=True).logits
         torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
 
 
 def test_embedding_output_and_head_by_hand():
     model = gpt()
     x = tokens(2, 9)
-    out = model(x, output_hidden=True)
+    out = model.forward_internals(x)
     by_hand = model.tok_emb.weight[x] + model.pos_emb.weight[:9]         # (B, T, C)
     torch.testing.assert_close(out.hidden_states[0], by_hand)
     torch.testing.assert_close(out.logits, model.head(model.ln_f(out.hidden_states[-1])))
@@ -117,7 +120,7 @@ def test_embedding_output_and_head_by_hand():
 def test_attention_scores_and_probabilities_by_hand():
     model = gpt(n_layer=1, n_head=2, width=16)
     x = tokens(2, 6)
-    out = model(x, output_hidden=True, output_attentions=True)
+    out = model.forward_internals(x, attentions=True)
     block = model.blocks[0]
     q, k, _ = block.attn.qkv(block.ln_attn(out.hidden_states[0])).split(16, dim=2)
     q = q.view(2, 6, 2, 8).transpose(1, 2)
@@ -137,17 +140,15 @@ def test_padding_keys_are_masked_out():
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[0, 3:6] = False                                                  # padding in the middle of row 0
     mask[1, 9:] = False                                                   # padding at the end of row 1
-    out = model(x, mask, output_attentions=True)
+    out = model.forward_internals(x, mask, attentions=True)
     for probs in out.attention_probs:
         real_queries = mask[:, None, :, None] & ~torch.eye(12, dtype=torch.bool)
         padded_keys = ~mask[:, None, None, :]
         assert (probs[(real_queries & padded_keys).expand_as(probs)] == 0).all()
     other = x.clone()
     other[~mask] = (other[~mask] + 3) % V                                 # change only the padding tokens
-    for kwargs in ({}, {"output_attentions": True}):
-        a = model(x, mask, **kwargs)
-        b = model(other, mask, **kwargs)
-        a, b = (a, b) if not kwargs else (a.logits, b.logits)
+    for run in (model, lambda ids, m: model.forward_internals(ids, m, attentions=True).logits):
+        a, b = run(x, mask), run(other, mask)
         torch.testing.assert_close(a[mask], b[mask], rtol=0, atol=1e-6)   # real positions never see padding
 
 
@@ -254,7 +255,7 @@ def test_validation_windows_score_every_character_once():
     assert targets.tolist() == list(range(1, 30)) + list(range(101, 117))
     inputs = windows.x[windows.mask]
     assert inputs.tolist() == list(range(0, 29)) + list(range(100, 116))  # each input precedes its target
-    assert (windows.y[~windows.mask] == PAD_TARGET).all()
+    assert (windows.y[~windows.mask] == IGNORE_INDEX).all()
     assert [len(x) for x, _, _ in windows] == [3, 3]
 
 
@@ -321,7 +322,7 @@ def test_uniform_layer_map():
 
 def test_hidden_attention_distiller_needs_equal_head_counts():
     with pytest.raises(ValueError, match="n_head=2, the teacher n_head=4"):
-        TokenKDHiddenAttention(gpt(n_layer=1, n_head=2, width=16), gpt(n_layer=2, n_head=4, width=32))
+        HiddenAttentionKD(gpt(n_layer=1, n_head=2, width=16), gpt(n_layer=2, n_head=4, width=32))
 
 
 LENGTHS = [12, 7, 9]
@@ -335,11 +336,11 @@ def padded():
     g = torch.Generator().manual_seed(7)
     seqs = [torch.randint(0, V, (n + 1,), generator=g) for n in LENGTHS]   # inputs and their next characters
     x = torch.zeros(3, 12, dtype=torch.long)
-    y = torch.full((3, 12), PAD_TARGET)
+    y = torch.full((3, 12), IGNORE_INDEX)
     for i, s in enumerate(seqs):
         x[i, :len(s) - 1], y[i, :len(s) - 1] = s[:-1], s[1:]
     x[1, 7:] = 5                                                          # padding ids are arbitrary
-    return teacher, student, seqs, x, y, y != PAD_TARGET
+    return teacher, student, seqs, x, y, y != IGNORE_INDEX
 
 
 def token_weighted(values):
@@ -348,10 +349,10 @@ def token_weighted(values):
 
 def test_token_kd_and_attention_losses_with_padding_equal_each_sequence_alone(padded):
     teacher, student, seqs, x, y, mask = padded
-    s = student(x, mask, output_hidden=True, output_attentions=True)
-    t = teacher(x, mask, output_hidden=True, output_attentions=True)
-    alone_s = [student(q[None, :-1], output_hidden=True, output_attentions=True) for q in seqs]
-    alone_t = [teacher(q[None, :-1], output_hidden=True, output_attentions=True) for q in seqs]
+    s = student.forward_internals(x, mask, attentions=True)
+    t = teacher.forward_internals(x, mask, attentions=True)
+    alone_s = [student.forward_internals(q[None, :-1], attentions=True) for q in seqs]
+    alone_t = [teacher.forward_internals(q[None, :-1], attentions=True) for q in seqs]
     kd = kd_ref.kd_loss(s.logits, t.logits, T=2.0, mask=mask)
     kd_alone = [kd_ref.kd_loss(a.logits, b.logits, T=2.0) for a, b in zip(alone_s, alone_t)]
     torch.testing.assert_close(kd, token_weighted(kd_alone))
@@ -370,8 +371,8 @@ def test_token_kd_and_attention_losses_with_padding_equal_each_sequence_alone(pa
 def test_distillers_with_padding_equal_each_sequence_alone(padded):
     teacher, student, seqs, x, y, _ = padded
     torch.manual_seed(0)
-    for distiller in (TokenCE(student), TokenKD(student, teacher, T=2.0, kd_weight=0.7, ce_weight=0.3),
-                      TokenKDHiddenAttention(student, teacher, T=1.0, ce_weight=0.5, hidden_weight=2.0,
+    for distiller in (Scratch(student, padding=True), LogitKD(student, teacher, T=2.0, kd_weight=0.7, ce_weight=0.3, padding=True),
+                      HiddenAttentionKD(student, teacher, T=1.0, ce_weight=0.5, hidden_weight=2.0,
                                              attention_weight=0.5)):
         _, terms = distiller(x, y)
         alone = [distiller(q[None, :-1], q[None, 1:])[1] for q in seqs]
@@ -382,7 +383,7 @@ def test_distillers_with_padding_equal_each_sequence_alone(padded):
 
 def test_token_kd_terms_match_kd_ref(padded):
     teacher, student, _, x, y, mask = padded
-    _, terms = TokenKD(student, teacher, T=2.0, kd_weight=0.7, ce_weight=0.3)(x, y)
+    _, terms = LogitKD(student, teacher, T=2.0, kd_weight=0.7, ce_weight=0.3, padding=True)(x, y)
     s, t = student(x, mask), teacher(x, mask)
     torch.testing.assert_close(terms["kd"] + terms["ce"],
                                kd_ref.distillation_loss(s, t, y, T=2.0, kd_weight=0.7, ce_weight=0.3, mask=mask))
@@ -392,7 +393,7 @@ def test_token_kd_terms_match_kd_ref(padded):
 
 def test_hidden_attention_distiller_trains_its_projections_not_the_teacher(padded):
     teacher, student, _, x, y, _ = padded
-    distiller = TokenKDHiddenAttention(student, teacher, hidden_weight=1.0, attention_weight=1.0)
+    distiller = HiddenAttentionKD(student, teacher, hidden_weight=1.0, attention_weight=1.0)
     assert distiller.layer_map == [0, 2, 4] and len(distiller.projections) == 3
     _, terms = distiller(x, y)
     sum(terms.values()).backward()

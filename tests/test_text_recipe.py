@@ -1,7 +1,14 @@
 """``kd-ref text``: the JSON contract, the printed study, bad input, and the paired-effect report."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from kd_ref.cli import main
 from kd_ref.recipes.text import CONFIGS, METHODS, kd_effect, learning_rate
@@ -25,7 +32,7 @@ def test_text_smoke_writes_the_json_contract_and_prints_the_study(tmp_path, caps
     printed = capsys.readouterr().out
     assert "kd-ref text | profile smoke | device cpu | seeds 0..1" in printed
     assert "473,472" not in printed and "33,088 parameters" in printed  # the smoke teacher, not the cpu one
-    assert "KD effect on validation bits/char" in printed and "paired, 2 seeds" in printed
+    assert "Effects on validation bits/char" in printed and "2 seeds):" in printed and "95 % CI" in printed
     assert "Samples (seed 0" in printed and "numbers not meaningful" in printed
 
 
@@ -35,7 +42,7 @@ def test_text_reads_any_text_file(tmp_path, capsys):
     assert main(["text", "--profile", "smoke", "--seeds", "1", "--text", str(corpus)]) == 0
     printed = capsys.readouterr().out
     assert f"data: {corpus}: 9,000 characters, vocabulary 28" in printed
-    assert "a spread needs at least 2 seeds" in printed
+    assert "(one seed): one seed: no interval" in printed
 
 
 @pytest.mark.parametrize("args, message", [
@@ -70,14 +77,17 @@ def _runs(pairs):
             for s, k in pairs]
 
 
-def test_kd_effect_reports_paired_and_plain_criteria_and_the_gap_closed():
-    # Differences 0.3, 0.4, 0.5: mean 0.4 > 2 x std 0.1 = 0.2 (paired holds); scratch std 0.5: 0.4 < 1.0.
+def test_kd_effect_reports_paired_differences_with_t_intervals_and_the_gap_closed():
+    # kd - scratch = -0.3, -0.4, -0.5: mean -0.4, sd 0.1, se 0.1 / sqrt(3) = 0.0577; t(0.975, 2) = 4.3027
+    # (tables), so the 95 % interval is -0.4 ± 0.248 = [-0.648, -0.152]: below 0, fewer bits: KD helps.
     text = kd_effect(_runs([(2.5, 2.2), (3.0, 2.6), (3.5, 3.0)]))
-    assert "student_scratch - student_kd = +0.400" in text
-    assert "mean of differences +0.400 > 2 x their std (0.200)? holds" in text
-    assert "difference of means +0.400 > 2 x std of student_scratch (1.000)? does NOT hold" in text
+    assert ("student_kd - student_scratch: -0.400 ± 0.058 (95 % CI [-0.648, -0.152], 3 seeds): helps"
+            in text)
     assert "(scratch - kd) / (scratch - teacher) = 40%" in text          # 0.4 / (3.0 - 2.0)
-    assert "student_kd - student_kd_hidden_attn = +0.100 ± 0.000 (paired)  (helps: > 2 std)" in text
+    assert "student_kd_hidden_attn - student_kd: -0.100 ± 0.000 (95 % CI [-0.100, -0.100], 3 seeds): helps" in text
+    # An interval that straddles 0 is no evidence either way.
+    mixed = kd_effect(_runs([(2.5, 2.2), (3.0, 3.1), (3.5, 3.4)]))
+    assert "student_kd - student_scratch: -0.100" in mixed and "no detectable difference  (token-level KD)" in mixed
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():
@@ -93,3 +103,42 @@ def test_profiles_keep_equal_head_counts_and_a_whole_layer_map():
     for name, config in CONFIGS.items():
         assert config.teacher_layers % config.student_layers == 0, name
         assert config.teacher_width % config.n_head == 0 and config.student_width % config.n_head == 0, name
+
+
+@pytest.mark.slow
+def test_a_killed_text_run_resumes_with_the_numbers_of_an_uninterrupted_one(tmp_path):
+    """Kill ``kd-ref text`` right after its first checkpoint, resume it, and compare with a fresh run."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KD_PROFILE": "smoke"}
+    args = [sys.executable, "-m", "kd_ref", "text", "--profile", "smoke", "--seeds", "1"]
+    killed = subprocess.Popen([*args, "--checkpoints", str(tmp_path / "ck")], env=env, cwd=repo,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    teacher = tmp_path / "ck" / "smoke" / "seed0" / "teacher.pt"
+    deadline = time.monotonic() + 120
+    while not teacher.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = torch.load(teacher, weights_only=True)
+    config = CONFIGS["smoke"]
+    assert saved["step"] % config.eval_every == 0 and saved["step"] < config.teacher_steps   # mid-run, on a record
+
+    resumed = subprocess.run([*args, "--checkpoints", str(tmp_path / "ck"), "--resume", "--json",
+                              str(tmp_path / "resumed.json")], env=env, cwd=repo, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    state = torch.load(teacher, weights_only=True)
+    assert state["resumes"] == [saved["step"]] and state["step"] == config.teacher_steps   # continued, not restarted
+    assert [h["step"] for h in state["history"]] == list(range(config.eval_every, config.teacher_steps + 1,
+                                                               config.eval_every))          # one validation curve
+
+    fresh = subprocess.run([*args, "--json", str(tmp_path / "fresh.json")], env=env, cwd=repo, capture_output=True,
+                           text=True)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    rows = [json.loads((tmp_path / f"{run}.json").read_text())["rows"] for run in ("resumed", "fresh")]
+    assert rows[0] == rows[1]                                       # same seed, same CPU: the same numbers
+
+
+def test_resume_without_checkpoints_is_refused(capsys):
+    assert main(["text", "--profile", "smoke", "--resume"]) == 2
+    assert "--resume needs --checkpoints DIR" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The training loop, the distillers, seeding and profiles."""
 import copy
 import random
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_ref import kd_loss
+from kd_ref import kd_loss, masked_cross_entropy
 from kd_ref.data import TensorBatches
-from kd_ref.distillers import Distiller, LogitKD, PseudoLabelKD, Scratch, labelled_cross_entropy
+from kd_ref.distillers import Distiller, LogitKD, PseudoLabelKD, Scratch
 from kd_ref.profiles import get_profile, profile_device
-from kd_ref.train import evaluate, fit, predict, seed_everything
+from kd_ref.train import ClassifierScores, cosine_schedule, evaluate, fit, predict, seed_everything
 
 
 def blobs(n=96, seed=0):
@@ -36,20 +37,20 @@ def trained_teacher():
     return teacher
 
 
-# -- labelled cross-entropy -------------------------------------------------------------
+# -- masked cross-entropy ---------------------------------------------------------------
 
-def test_labelled_cross_entropy_ignores_unlabelled_samples():
+def test_masked_cross_entropy_ignores_unlabelled_samples():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 4, generator=g, dtype=torch.float64)
     targets = torch.tensor([2, -1, 0, -1, -1, 3])
     labelled = targets >= 0
     expected = F.cross_entropy(logits[labelled], targets[labelled])
-    assert torch.allclose(labelled_cross_entropy(logits, targets), expected, rtol=1e-12)
+    assert torch.allclose(masked_cross_entropy(logits, targets), expected, rtol=1e-12)
 
 
-def test_labelled_cross_entropy_of_an_unlabelled_batch_is_zero_not_nan():
+def test_masked_cross_entropy_of_an_unlabelled_batch_is_zero_not_nan():
     logits = torch.randn(5, 4, requires_grad=True)
-    loss = labelled_cross_entropy(logits, torch.full((5,), -1))
+    loss = masked_cross_entropy(logits, torch.full((5,), -1))
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros(5, 4))
@@ -96,8 +97,9 @@ def test_fit_decreases_the_loss_and_logs_every_term_by_name():
     seed_everything(0)
     student = nn.Linear(2, 3)
     history = fit(LogitKD(student, teacher), TensorBatches(x, y, 32, shuffle=True), epochs=15, lr=3e-2,
-                  val_batches=TensorBatches(x, y, 96))
+                  validate=ClassifierScores(TensorBatches(x, y, 96), teacher=teacher))
     assert len(history) == 15 and [h["epoch"] for h in history] == list(range(1, 16))
+    assert [h["step"] for h in history] == [3 * e for e in range(1, 16)]                    # 3 batches per epoch
     assert {"loss", "kd", "ce", "val_accuracy", "val_fidelity", "val_ece"} <= history[0].keys()
     for h in history:
         assert h["loss"] == pytest.approx(h["kd"] + h["ce"])
@@ -111,7 +113,7 @@ def test_teacher_stays_in_eval_and_is_never_changed_by_training():
     before = copy.deepcopy(teacher.state_dict())   # includes BatchNorm's running statistics
     reference = teacher.eval()(x)
     fit(LogitKD(nn.Linear(2, 3), teacher), TensorBatches(x, y, 32, shuffle=True), epochs=3, lr=1e-2,
-        val_batches=TensorBatches(x, y, 96))
+        validate=ClassifierScores(TensorBatches(x, y, 96), teacher=teacher))
     assert not teacher.training
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     for name, value in teacher.state_dict().items():
@@ -143,7 +145,7 @@ def test_fit_under_bf16_autocast_still_learns():
     seed_everything(0)
     student = nn.Linear(2, 3)
     history = fit(Scratch(student), TensorBatches(x, y, 32, shuffle=True), epochs=10, lr=3e-2,
-                  autocast_dtype=torch.bfloat16, val_batches=TensorBatches(x, y, 96))
+                  autocast_dtype=torch.bfloat16, validate=ClassifierScores(TensorBatches(x, y, 96)))
     assert student.weight.dtype == torch.float32                      # weights stay full precision
     assert history[-1]["ce"] < 0.5 * history[0]["ce"] and history[-1]["val_accuracy"] >= 0.95
 
@@ -165,6 +167,110 @@ def test_fit_guard_rails():
         fit(NaNLoss(nn.Linear(2, 3)), TensorBatches(x, y, 4), epochs=1)
     with pytest.raises(ValueError, match="epochs"):
         fit(Scratch(nn.Linear(2, 3)), TensorBatches(x, y, 4), epochs=0)
+    with pytest.raises(ValueError, match="eval_every"):
+        fit(Scratch(nn.Linear(2, 3)), TensorBatches(x, y, 4), eval_every=0)
+    with pytest.raises(TypeError, match="Distiller"):
+        fit(nn.Linear(2, 3), TensorBatches(x, y, 4))                       # a plain model: wrap it in Scratch
+    with pytest.raises(ValueError, match="state_dict"):
+        fit(Scratch(nn.Linear(2, 3)), [(x, y)], checkpoint="unused.pt")    # its order could not be resumed
+
+
+def test_masked_cross_entropy_matches_pytorch_on_sequences_masks_and_smoothing():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)         # (B, L, V)
+    targets = torch.randint(0, 7, (2, 5), generator=g)
+    targets[1, 3:] = -1                                                      # padding
+    real = targets != -1
+    expected = F.cross_entropy(logits[real], targets[real], label_smoothing=0.2)
+    assert torch.allclose(masked_cross_entropy(logits, targets, label_smoothing=0.2), expected, rtol=1e-12)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[0, 0] = False                                                       # a mask removes positions too
+    keep = real & mask
+    assert torch.allclose(masked_cross_entropy(logits, targets, mask), F.cross_entropy(logits[keep], targets[keep]),
+                          rtol=1e-12)
+    with pytest.raises(ValueError, match="targets must be integer class indices of shape"):
+        masked_cross_entropy(logits, targets[:, :4])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        masked_cross_entropy(logits, targets, label_smoothing=1.0)
+
+
+# -- the loop's options -------------------------------------------------------------------
+
+def test_cosine_schedule_closed_form():
+    lr = cosine_schedule(1.0, total_steps=10, warmup=2, final=0.1)
+    assert [lr(0), lr(1)] == pytest.approx([0.5, 1.0])                       # linear warm-up
+    assert lr(2) == pytest.approx(1.0) and lr(10) == pytest.approx(0.1)     # cosine from the peak to final
+    assert lr(6) == pytest.approx(0.1 + 0.9 * 0.5)                           # half-way: the mean of the two
+    with pytest.raises(ValueError, match="total_steps"):
+        cosine_schedule(1.0, 0)
+
+
+def test_fit_uses_the_schedule_of_each_step_and_records_every_n_steps():
+    x, y = blobs()
+    seen = []
+
+    def schedule(step):
+        seen.append(step)
+        return 0.01 * (step + 1)
+
+    history = fit(Scratch(nn.Linear(2, 3)), TensorBatches(x, y, 32), epochs=3, lr=schedule, eval_every=4,
+                  validate=ClassifierScores(TensorBatches(x, y, 96)))
+    assert seen == list(range(9))                                            # 3 epochs x 3 batches
+    assert [h["step"] for h in history] == [4, 8, 9]                        # every 4 steps, and the last
+    assert [h["lr"] for h in history] == pytest.approx([0.01, 0.05, 0.09])  # the interval's first step
+    assert [h["epoch"] for h in history] == pytest.approx([4 / 3, 8 / 3, 3])
+    assert all("val_accuracy" in h for h in history)                        # a validation curve
+
+
+def test_gradient_clipping_bounds_the_step():
+    x, y = blobs(32)
+    sgd = partial(torch.optim.SGD)
+    moves = {}
+    for clip in (None, 0.01):
+        seed_everything(0)
+        model = nn.Linear(2, 3)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        fit(Scratch(model), TensorBatches(x, y, 32), lr=lambda step: 1.0, optimizer=sgd, grad_clip=clip)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        moves[clip] = float((after - before).norm())                         # = lr * the (clipped) gradient norm
+    assert moves[0.01] == pytest.approx(0.01, rel=1e-5) and moves[None] > 0.1
+
+
+def test_teacher_validation_logits_are_computed_once_per_run():
+    x, y = blobs()
+
+    class Counting(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.calls = net, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.net(x)
+
+    teacher = Counting(trained_teacher())
+    fit(LogitKD(nn.Linear(2, 3), teacher), TensorBatches(x, y, 32), epochs=4,
+        validate=ClassifierScores(TensorBatches(x, y, 48), teacher=teacher))
+    assert teacher.calls == 4 * 3 + 2       # one per training step, then the 2 validation batches once
+
+
+def test_distiller_interface_progress_and_close():
+    class Recording(Scratch):
+        def __init__(self, student):
+            super().__init__(student)
+            self.progress, self.closed = [], False
+
+        def set_progress(self, epochs_done):
+            self.progress.append(epochs_done)
+
+        def close(self):
+            self.closed = True
+
+    x, y = blobs(64)
+    with Recording(nn.Linear(2, 3)) as distiller:
+        fit(distiller, TensorBatches(x, y, 32), epochs=2)
+        assert distiller.progress == pytest.approx([0.5, 1.0, 1.5, 2.0]) and not distiller.closed
+    assert distiller.closed                                                  # leaving the block closes it
 
 
 def test_predict_runs_in_eval_mode_without_a_graph():
