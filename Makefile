@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lab demo env clean-env
+.PHONY: test unit lab demo env clean-env
 
 env: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 # notebook and test file whole on one worker (nbval runs a notebook's cells in one kernel).
 test: $(STAMP)
 	KD_PROFILE=smoke $(PY) -m pytest -n auto --dist loadfile
+
+# The fast inner loop: the unit tests only (no notebooks, no kernels, no subprocess runs:
+# tests marked slow), on every core.
+unit: $(STAMP)
+	KD_PROFILE=smoke $(PY) -m pytest tests -m "not slow" -p no:nbval -o addopts=-ra -n auto --dist loadfile
 
 # --allow-root only when run as root (containers); JupyterLab refuses root otherwise.
 lab: $(STAMP)

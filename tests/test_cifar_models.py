@@ -81,6 +81,7 @@ def test_every_architecture_runs_and_channels_last_gives_the_same_logits():
 SMALL = [name for name, (depth, widths) in ARCHITECTURES.items() if depth <= 20 and max(widths) <= 64]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SMALL)
 def test_a_channels_last_training_step_does_not_crash_the_process(name):
     """A regression test for a oneDNN bug: a stride-2 1x1 convolution with < 8 input channels,

@@ -25,6 +25,7 @@ def cli(*args, timeout=300):
                           timeout=timeout, env={**os.environ, "KD_PROFILE": "smoke"}, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_cifar_smoke_writes_the_json_contract(tmp_path, capsys):
     out = tmp_path / "cifar.json"
     assert main(["cifar", "--profile", "smoke", "--seeds", "2", "--methods", "at,kd", "--data", str(tmp_path / "none"),
@@ -77,6 +78,7 @@ def test_missing_or_corrupt_data_and_bad_profile_are_refused_before_training(tmp
     assert "cannot write --json" in captured.err and captured.out == ""
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_ends_with_the_numbers_of_an_uninterrupted_one(tmp_path):
     args = ["cifar", "--profile", "smoke", "--seeds", "1", "--methods", "kd", "--data", str(tmp_path / "none")]
     killed = subprocess.Popen([sys.executable, "-m", "kd_ref", *args, "--checkpoints", str(tmp_path / "ck"),
@@ -102,6 +104,7 @@ def test_a_killed_run_resumes_and_ends_with_the_numbers_of_an_uninterrupted_one(
     assert rows[0] == rows[1]                                       # same seed, same CPU: the same numbers
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo_smoke(tmp_path):
     out = tmp_path / "ddp.json"
     result = subprocess.run(

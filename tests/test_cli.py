@@ -41,6 +41,7 @@ def test_digits_smoke_writes_the_json_contract(smoke, tmp_path, capsys):
     assert "KD effect" in out and "(one seed): one seed: no interval" in out
 
 
+@pytest.mark.slow
 def test_digits_is_deterministic_for_a_seed(smoke):
     config, cpu = CONFIGS["smoke"], torch.device("cpu")
     first, again, other = run_seed(0, config, cpu), run_seed(0, config, cpu), run_seed(1, config, cpu)
@@ -51,10 +52,11 @@ def test_digits_is_deterministic_for_a_seed(smoke):
 
 def run_cli(*args, env_profile="smoke"):
     env = {**os.environ, "KD_PROFILE": env_profile}
-    return subprocess.run([sys.executable, "-m", "kd_ref.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "kd_ref", *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, profile, message", [
     (["digits", "--sedes", "2"], "smoke", "kd-ref: error: unrecognized arguments: --sedes 2"),
     (["digits", "--seeds", "0"], "smoke", "kd-ref digits: error: argument --seeds: must be a positive integer, "
@@ -145,6 +147,7 @@ def test_run_seed_scores_only_test_or_validation():
         run_seed(0, CONFIGS["smoke"], torch.device("cpu"), evaluate_on="train")
 
 
+@pytest.mark.slow
 def test_seeds_in_parallel_processes_give_the_numbers_of_a_sequential_run(one_thread):
     from kd_ref.recipes.seeds import map_seeds
     config, device = CONFIGS["smoke"], torch.device("cpu")

@@ -13,6 +13,8 @@ import pytest
 from kd_ref.grading import build_exercises, grade_notebook, learner_notebook
 from kd_ref.grading.assign import EXERCISES, SOLUTIONS, masters
 
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
+
 MASTERS = masters()
 
 

@@ -10,6 +10,8 @@ from kd_ref.grading import grade_notebook
 from kd_ref.grading.assign import SOLUTIONS
 from test_grading import with_answer
 
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
+
 EX03 = SOLUTIONS / "ex03_hints_and_hooks.ipynb"
 
 

@@ -11,6 +11,8 @@ from kd_ref.grading import grade_notebook
 from kd_ref.grading.assign import SOLUTIONS
 from test_grading import with_answer
 
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
+
 EX05 = SOLUTIONS / "ex05_relations.ipynb"
 
 

@@ -7,6 +7,9 @@ from kd_ref.grading import grade_notebook
 from kd_ref.grading.assign import SOLUTIONS
 
 from test_grading import with_answer
+import pytest
+
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
 
 EX06 = SOLUTIONS / "ex06_feature_kd_step.ipynb"
 

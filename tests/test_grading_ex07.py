@@ -12,6 +12,8 @@ import pytest
 from kd_ref.grading.assign import SOLUTIONS
 from test_grading import assert_scores, grade_with_answers
 
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
+
 EX07 = SOLUTIONS / "ex07_token_kd.ipynb"
 
 KD_MISTAKES = {

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "solutions" / "ex01_softmax_temperature.ipynb"

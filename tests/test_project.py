@@ -5,6 +5,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 import kd_ref
@@ -75,6 +76,7 @@ def test_the_grade_extra_is_enough_for_grading_and_no_more():
     assert "kd_ref[grade]" in project["optional-dependencies"]["dev"]
 
 
+@pytest.mark.slow
 def test_no_import_cycle_between_the_command_and_the_recipes():
     for path in (ROOT / "kd_ref" / "recipes").glob("*.py"):
         assert "from ..cli" not in path.read_text() and "import kd_ref.cli" not in path.read_text(), path.name
@@ -94,6 +96,7 @@ def readme_python_blocks():
     return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_readme_code_blocks_run_smoke(tmp_path):
     """Smoke test: every Python block of the README runs as written (so the docs never rot)."""
     blocks = readme_python_blocks()

@@ -17,6 +17,7 @@ from kd_ref.recipes.text import CONFIGS, METHODS, kd_effect, learning_rate
 pytestmark = pytest.mark.usefixtures("restore_threads")   # tests/conftest.py
 
 
+@pytest.mark.slow
 def test_text_smoke_writes_the_json_contract_and_prints_the_study(tmp_path, capsys):
     out = tmp_path / "text.json"
     assert main(["text", "--profile", "smoke", "--seeds", "2", "--json", str(out)]) == 0
@@ -36,6 +37,7 @@ def test_text_smoke_writes_the_json_contract_and_prints_the_study(tmp_path, caps
     assert "Samples (seed 0" in printed and "numbers not meaningful" in printed
 
 
+@pytest.mark.slow
 def test_text_reads_any_text_file(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
