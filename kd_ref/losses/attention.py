@@ -105,10 +105,11 @@ def attention_score_loss(student_scores: torch.Tensor, teacher_scores: torch.Ten
     ``MSELoss`` averages over **all** B x heads x L x L entries, so masked entries count
     in the denominator as zero errors, and padded query rows are compared in full.
     kd_ref averages over the unmasked entries only, so the value does not depend on how
-    much padding a batch holds. With a (B, L) token mask the two are related by
-    ``theirs = ours * n_unmasked / n_all`` when padded queries' rows are also masked;
-    to reproduce their number exactly, zero the masked scores yourself and call this
-    loss without a mask.
+    much padding a batch holds. With a key-only mask (``(B, 1, 1, L)``, what BERT
+    masks) the two are related by ``theirs = ours * n_unmasked / n_all``; a (B, L)
+    token mask also leaves out the padded queries' rows, which their code compares. To
+    reproduce their number exactly, zero the masked scores yourself and call this loss
+    without a mask.
 
     Args:
         student_scores, teacher_scores: ``(B, heads, L, L)``, same shape.
