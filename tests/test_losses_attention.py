@@ -185,7 +185,8 @@ def test_attention_kl_scores_gradcheck_and_bad_inputs():
     assert torch.autograd.gradcheck(lambda a: kd_ref.attention_kl_loss(a, t_c, tokens, inputs="scores"), (s,))
     assert torch.autograd.gradcheck(
         lambda a: kd_ref.attention_kl_loss(a.log_softmax(-1), t.log_softmax(-1), inputs="log_probs"), (s,))
-    with pytest.raises(ValueError, match=r"inputs must be one of \('probs', 'scores', 'log_probs'\), got inputs='logits'"):
+    bad = r"inputs must be one of \('probs', 'scores', 'log_probs'\), got inputs='logits'"
+    with pytest.raises(ValueError, match=bad):
         kd_ref.attention_kl_loss(s, t, inputs="logits")
     with pytest.raises(ValueError, match=r"mask must be a \(B, L\) = \(2, 4\) token mask, got mask \(2, 5\)"):
         kd_ref.attention_kl_loss(s, t, torch.ones(2, 5, dtype=torch.bool), inputs="scores")
@@ -240,7 +241,8 @@ def test_value_relation_padding_equals_each_sequence_alone():
     vs[1, :, 2:] = 1e3                                             # padding holds anything
     got = kd_ref.value_relation_loss(vs, vt, tokens).item()
     assert got == pytest.approx(ref.value_relation(vs.numpy(), vt.numpy(), tokens.numpy()), rel=1e-12)
-    rows = [kd_ref.value_relation_loss(vs[b:b + 1, :, :n], vt[b:b + 1, :, :n]).item() * n for b, n in enumerate(lengths)]
+    rows = [kd_ref.value_relation_loss(vs[b:b + 1, :, :n], vt[b:b + 1, :, :n]).item() * n
+            for b, n in enumerate(lengths)]
     assert got == pytest.approx(sum(rows) / sum(lengths), rel=1e-12)
     assert kd_ref.value_relation_loss(vs, vt, torch.zeros(2, L, dtype=torch.bool)).item() == 0.0
 

@@ -191,8 +191,10 @@ def attention_kl_loss(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
       Both distributions are formed here with ``log_softmax``, so any finite scores
       give a finite loss and gradient. With a token ``mask``, padded keys are removed
       before the softmax (as a model that masks them does), so the result equals the
-      ``"probs"`` form of the same model wherever that one is finite.
-    - ``"log_probs"``: log-softmax outputs (-inf at masked keys); stable as well.
+      ``"probs"`` form of the same model wherever that one is finite. A row that is
+      -inf everywhere (a padded query some models mask out) needs the token mask.
+    - ``"log_probs"``: log-softmax outputs (-inf at masked keys); stable as well, as
+      long as the rows it keeps are finite somewhere.
 
     Args:
         student_probs, teacher_probs: ``(B, heads, L, L)``, what ``inputs`` says; the
