@@ -67,6 +67,19 @@ def check_weight(w, name: str) -> float:
     return float(w)
 
 
+def check_fraction(x, name: str, allow_one: bool = True) -> float:
+    """A mixing weight in [0, 1] (or [0, 1) when ``allow_one`` is False)."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{name} must be a number in [0, 1], got a tensor of shape {shape_str(x)}")
+        x = x.item()
+    upper = "1]" if allow_one else "1)"
+    if (isinstance(x, bool) or not isinstance(x, Real) or not math.isfinite(x) or x < 0
+            or x > 1 or (x == 1 and not allow_one)):
+        raise ValueError(f"{name} must be a number in [0, {upper}, got {name}={x!r}")
+    return float(x)
+
+
 def check_mask(mask, expected_shape: torch.Size, name: str = "mask", against: str = "logits.shape[:-1]") -> torch.Tensor | None:
     """A mask marks the positions that count (True / nonzero = keep)."""
     if mask is None:

@@ -98,3 +98,82 @@ def sp(fs, ft):
         g = f @ f.T
         return g / np.linalg.norm(g, axis=1, keepdims=True)
     return ((gram(ft) - gram(fs)) ** 2).sum() / b**2
+
+
+# -- divergences for language models (probability space, position by position) --------
+
+def _positions(s, t, T, mask):
+    """Softmax rows of student and teacher as (N, V), keeping the unmasked positions."""
+    ps, pt = softmax(s, T).reshape(-1, np.shape(s)[-1]), softmax(t, T).reshape(-1, np.shape(t)[-1])
+    if mask is not None:
+        keep = np.asarray(mask, bool).reshape(-1)
+        ps, pt = ps[keep], pt[keep]
+    return ps, pt
+
+
+def reverse_kl(s, t, T=1.0, mask=None):
+    ps, pt = _positions(s, t, T, mask)
+    return T * T * kl(ps, pt).mean()
+
+
+def generalized_jsd(s, t, beta, T=1.0, mask=None):
+    """GKD's JSD_beta (TRL's convention): m = beta p_t + (1 - beta) p_s, end points exact."""
+    ps, pt = _positions(s, t, T, mask)
+    if beta == 0:
+        rows = kl(pt, ps)
+    elif beta == 1:
+        rows = kl(ps, pt)
+    else:
+        rows = []
+        for p, q in zip(ps, pt):                       # one position at a time, written out
+            m = beta * q + (1 - beta) * p
+            rows.append(beta * kl(q, m) + (1 - beta) * kl(p, m))
+        rows = np.array(rows)
+    return T * T * rows.mean()
+
+
+def skew_kl(s, t, alpha, T=1.0, mask=None):
+    ps, pt = _positions(s, t, T, mask)
+    return T * T * kl(pt, alpha * pt + (1 - alpha) * ps).mean()
+
+
+def skew_reverse_kl(s, t, alpha, T=1.0, mask=None):
+    ps, pt = _positions(s, t, T, mask)
+    return T * T * kl(ps, alpha * ps + (1 - alpha) * pt).mean()
+
+
+# -- attention from scores, MiniLM's value relation ------------------------------------
+
+def log_softmax(z):
+    """Stable log softmax over the last axis; rows may hold -inf (masked keys)."""
+    z = np.asarray(z, np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    return z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
+
+
+def attention_kl_from_scores(s_scores, t_scores, mask=None):
+    """MiniLM's attention KL from (B, H, L, L) scores, row by row, in log space.
+
+    With a (B, L) token mask, each sequence is cut to its real tokens first (padded keys
+    removed, padded queries dropped), then every remaining row counts once.
+    """
+    B, H, L, _ = s_scores.shape
+    rows = []
+    for b in range(B):
+        real = np.arange(L) if mask is None else np.flatnonzero(np.asarray(mask)[b])
+        for h in range(H):
+            for q in real:
+                ls = log_softmax(s_scores[b, h, q, real])
+                lt = log_softmax(t_scores[b, h, q, real])
+                pt = np.exp(lt)
+                terms = np.where(pt > 0, pt * (np.where(pt > 0, lt, 0) - np.where(pt > 0, ls, 0)), 0.0)
+                rows.append(terms.sum())
+    return float(np.mean(rows)) if rows else 0.0
+
+
+def value_relation(vs, vt, mask=None):
+    """MiniLM's value relation: KL(softmax(V_t V_t^T / sqrt(d_t)) || softmax(V_s V_s^T / sqrt(d_s)))."""
+    vs, vt = np.asarray(vs, np.float64), np.asarray(vt, np.float64)
+    rs = np.einsum("bhid,bhjd->bhij", vs, vs) / np.sqrt(vs.shape[-1])
+    rt = np.einsum("bhid,bhjd->bhij", vt, vt) / np.sqrt(vt.shape[-1])
+    return attention_kl_from_scores(rs, rt, mask)

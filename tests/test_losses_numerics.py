@@ -12,6 +12,8 @@ EMB = torch.randn(4, 7, generator=g), torch.randn(4, 9, generator=g)
 SCORES = torch.randn(2, 2, 3, 3, generator=g), torch.randn(2, 2, 3, 3, generator=g)
 PROBS = SCORES[0].softmax(-1), SCORES[1].softmax(-1)
 HIDDEN = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+SEQ_LOGITS = torch.randn(2, 3, 6, generator=g), torch.randn(2, 3, 6, generator=g)
+VALUES = torch.randn(2, 2, 3, 4, generator=g), torch.randn(2, 2, 3, 8, generator=g)
 Y = torch.tensor([0, 1, 2, 3])
 
 CASES = {
@@ -27,6 +29,12 @@ CASES = {
     "attention_kl_loss": (kd_ref.attention_kl_loss, PROBS),
     "hidden_state_loss": (kd_ref.hidden_state_loss, HIDDEN),
     "hidden_state_cosine_loss": (kd_ref.hidden_state_cosine_loss, HIDDEN),
+    "attention_kl_loss_scores": (lambda s, t: kd_ref.attention_kl_loss(s, t, inputs="scores"), SCORES),
+    "value_relation_loss": (kd_ref.value_relation_loss, VALUES),
+    "reverse_kl_loss": (kd_ref.reverse_kl_loss, SEQ_LOGITS),
+    "generalized_jsd_loss": (kd_ref.generalized_jsd_loss, SEQ_LOGITS),
+    "skew_kl_loss": (kd_ref.skew_kl_loss, SEQ_LOGITS),
+    "skew_reverse_kl_loss": (kd_ref.skew_reverse_kl_loss, SEQ_LOGITS),
 }
 
 

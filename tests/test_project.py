@@ -17,6 +17,7 @@ CONTRACT = [
     "softmax_t", "log_softmax_t", "kd_loss", "soft_cross_entropy", "distillation_loss", "dkd_loss",
     "hint_loss", "ConvRegressor", "attention_map", "at_loss", "rkd_distance_loss", "rkd_angle_loss",
     "rkd_loss", "sp_loss", "attention_score_loss", "attention_kl_loss", "hidden_state_loss",
+    "value_relation_loss", "reverse_kl_loss", "generalized_jsd_loss", "skew_kl_loss",
 ]
 
 

@@ -1,6 +1,8 @@
 """Attention losses: attention transfer for CNNs, attention matrices for transformers."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -97,6 +99,18 @@ def attention_score_loss(student_scores: torch.Tensor, teacher_scores: torch.Ten
     scores are -inf) are excluded, never compared; so pass the mask whenever scores
     hold -inf.
 
+    Difference from the authors' code (``TinyBERT/task_distill.py`` and
+    ``general_distill.py`` in huawei-noah/Pretrained-Language-Model): there, every
+    score <= -100 (the keys BERT masks by adding -10000) is set to 0 in both models and
+    ``MSELoss`` averages over **all** B x heads x L x L entries, so masked entries count
+    in the denominator as zero errors, and padded query rows are compared in full.
+    kd_ref averages over the unmasked entries only, so the value does not depend on how
+    much padding a batch holds. With a key-only mask (``(B, 1, 1, L)``, what BERT
+    masks) the two are related by ``theirs = ours * n_unmasked / n_all``; a (B, L)
+    token mask also leaves out the padded queries' rows, which their code compares. To
+    reproduce their number exactly, zero the masked scores yourself and call this loss
+    without a mask.
+
     Args:
         student_scores, teacher_scores: ``(B, heads, L, L)``, same shape.
         mask: optional bool, ``(B, L)`` token mask (an entry counts when query and key
@@ -113,8 +127,49 @@ def attention_score_loss(student_scores: torch.Tensor, teacher_scores: torch.Ten
     return masked_mean(diff.pow(2), pair)
 
 
+_KL_INPUTS = ("probs", "scores", "log_probs")
+
+
+def _token_mask(mask, B, L):
+    """A (B, L) bool token mask, or None; anything else is a ValueError."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.shape != (B, L):
+        got = shape_str(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a (B, L) = ({B}, {L}) token mask, got mask {got}")
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _masked_log_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """log softmax over keys of ``(B, H, L, L)`` scores; padded keys get no probability.
+
+    Rows of padded queries are replaced by zeros before the softmax: they are never
+    counted, and a row of -inf there (a model that masks padded queries) would put NaN
+    into the backward pass of ``log_softmax`` even though its value is discarded.
+    """
+    if mask is None:
+        return torch.log_softmax(scores, dim=-1)
+    neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
+    scores = torch.where(mask[:, None, None, :], scores, neg_inf)           # padded keys
+    scores = torch.where(mask[:, None, :, None], scores, torch.zeros_like(scores))  # padded queries
+    return torch.log_softmax(scores, dim=-1)
+
+
+def _row_kl_from_log_probs(log_p_s: torch.Tensor, log_p_t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """KL(teacher row || student row) over keys, averaged over (B, H, unmasked queries)."""
+    B, H, L, _ = log_p_t.shape
+    keep = log_p_t > float("-inf")                                          # teacher gives mass
+    if mask is not None:
+        keep = keep & mask[:, None, None, :]
+    zero = torch.zeros_like(log_p_t)
+    log_ratio = torch.where(keep, log_p_t, zero) - torch.where(keep, log_p_s, zero)
+    kl_rows = (torch.where(keep, log_p_t.exp(), zero) * log_ratio).sum(-1)  # (B, H, L)
+    rows = None if mask is None else mask[:, None, :].expand(B, H, L)
+    return masked_mean(kl_rows, rows)
+
+
 def attention_kl_loss(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
+                      mask: torch.Tensor | None = None, *, inputs: str = "probs") -> torch.Tensor:
     """MiniLM attention loss: ``KL(teacher row || student row)`` of attention distributions.
 
     Wang, Wei, Dong, Bao, Yang & Zhou (2020), "MiniLM: Deep Self-Attention Distillation
@@ -125,20 +180,42 @@ def attention_kl_loss(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
     (unmasked) query positions. Keys where the teacher gives probability 0 (masked or
     future keys) contribute 0.
 
+    What the tensors hold is chosen by ``inputs``:
+
+    - ``"probs"`` (the default, for compatibility): softmax outputs, rows sum to 1. Not
+      stable for peaked rows: when a student probability underflows to 0 where the
+      teacher's is positive (a score gap of about 104 in float32), ``log 0`` makes the
+      loss infinite although the scores it came from were finite.
+    - ``"scores"`` (recommended): the pre-softmax scores ``QK^T / sqrt(d)``, with -inf
+      (or a large negative number) at masked keys, as MiniLM's own code works from.
+      Both distributions are formed here with ``log_softmax``, so any finite scores
+      give a finite loss and gradient. With a token ``mask``, padded keys are removed
+      before the softmax (as a model that masks them does), so the result equals the
+      ``"probs"`` form of the same model wherever that one is finite. A row that is
+      -inf everywhere (a padded query some models mask out) needs the token mask.
+    - ``"log_probs"``: log-softmax outputs (-inf at masked keys); stable as well, as
+      long as the rows it keeps are finite somewhere.
+
     Args:
-        student_probs, teacher_probs: ``(B, heads, L, L)`` softmax outputs, rows sum to 1.
+        student_probs, teacher_probs: ``(B, heads, L, L)``, what ``inputs`` says; the
+            argument names are the historical ones.
         mask: optional bool ``(B, L)`` token mask: padded queries are not averaged and
             padded keys are not summed.
+        inputs: ``"probs"``, ``"scores"`` or ``"log_probs"`` (keyword only).
     """
     _check_attention_pair(student_probs, teacher_probs, "student_probs", "teacher_probs")
+    if inputs not in _KL_INPUTS:
+        raise ValueError(f"inputs must be one of {_KL_INPUTS}, got inputs={inputs!r}")
     B, H, L, _ = student_probs.shape
-    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != (B, L)):
-        got = shape_str(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a (B, L) = ({B}, {L}) token mask, got mask {got}")
-    p_s, p_t = as_compute_dtype(student_probs, teacher_probs.detach())
+    mask = _token_mask(mask, B, L)
+    s, t = as_compute_dtype(student_probs, teacher_probs.detach())
+    if inputs == "scores":
+        return _row_kl_from_log_probs(_masked_log_softmax(s, mask), _masked_log_softmax(t, mask), mask)
+    if inputs == "log_probs":
+        return _row_kl_from_log_probs(s, t, mask)
+    p_s, p_t = s, t
     keep = p_t > 0
     if mask is not None:
-        mask = mask if mask.dtype == torch.bool else mask != 0
         keep = keep & mask[:, None, None, :]
     # Safe logs: entries that are dropped are set to 1 before the log, so neither the
     # value nor the gradient can become NaN there.
@@ -147,3 +224,47 @@ def attention_kl_loss(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
     kl_rows = (torch.where(keep, p_t, torch.zeros_like(p_t)) * log_ratio).sum(-1)  # (B, H, L)
     rows = None if mask is None else mask[:, None, :].expand(B, H, L)
     return masked_mean(kl_rows, rows)
+
+
+def value_relation_loss(student_values: torch.Tensor, teacher_values: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM value relation: ``KL(VR_t row || VR_s row)``, ``VR = softmax(V V^T / sqrt(d_head))``.
+
+    Wang et al. (2020), MiniLM, section 3 (self-attention value-relation transfer). For
+    each head, the value vectors of one layer are related to each other by their scaled
+    dot products, ``VR = softmax(V V^T / sqrt(d_k))`` over the second position (an
+    ``(L, L)`` matrix whose rows are distributions, like attention maps), each model
+    scaled by its own head size (``d_k`` for the teacher, ``d_k'`` for the student).
+    The loss is ``1 / (A_h |x|) * sum_a sum_t KL(VR_t[a, t] || VR_s[a, t])``: teacher
+    first, summed over the second position, averaged over heads and positions (and the
+    batch). MiniLM trains on ``attention_kl_loss + value_relation_loss`` of the last
+    layer.
+
+    Because only ``(L, L)`` relations are compared, the head sizes of student and
+    teacher may differ (no projection); the head counts must match. Computed from the
+    relation scores with ``log_softmax``, so it is finite for any finite values.
+
+    Args:
+        student_values: ``(B, heads, L, d_s)`` per-head values of the student.
+        teacher_values: ``(B, heads, L, d_t)``; treated as a constant.
+        mask: optional bool ``(B, L)`` token mask: padded positions are neither related
+            to (columns) nor averaged over (rows).
+    """
+    check_tensor(student_values, "student_values", min_dim=4)
+    check_tensor(teacher_values, "teacher_values", min_dim=4)
+    if (student_values.dim() != 4 or teacher_values.dim() != 4
+            or student_values.shape[:3] != teacher_values.shape[:3]):
+        raise ValueError(
+            "student_values and teacher_values must both be (B, heads, L, d_head) with the same B, heads "
+            "and L (d_head may differ), got "
+            f"student_values {shape_str(student_values)} and teacher_values {shape_str(teacher_values)}"
+        )
+    B, H, L, _ = student_values.shape
+    mask = _token_mask(mask, B, L)
+    v_s, v_t = as_compute_dtype(student_values, teacher_values.detach())
+
+    def relation_log_probs(v):                                             # (B, H, L, L)
+        scores = v @ v.transpose(-1, -2) / math.sqrt(v.shape[-1])
+        return _masked_log_softmax(scores, mask)
+
+    return _row_kl_from_log_probs(relation_log_probs(v_s), relation_log_probs(v_t), mask)
