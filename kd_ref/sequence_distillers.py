@@ -19,6 +19,7 @@ from torch import nn
 
 from .distillers import LogitKD
 from .losses import attention_kl_loss, hidden_state_loss
+from .teacher import teacher_forward
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
@@ -74,9 +75,7 @@ class HiddenAttentionKD(LogitKD):
     def forward(self, x, y):
         mask = self.real_positions(y)
         out_s = self.student.forward_internals(x, mask, attentions=True)
-        self.teacher.eval()
-        with torch.no_grad():
-            out_t = self.teacher.forward_internals(x, mask, attentions=True)
+        out_t = teacher_forward(self.teacher.forward_internals, x, mask, attentions=True)   # eval, no graph
         hidden = torch.stack([
             hidden_state_loss(out_s.hidden_states[m], out_t.hidden_states[n], projection=w, mask=mask)
             for m, (n, w) in enumerate(zip(self.layer_map, self.projections))

@@ -6,6 +6,8 @@ accident (ERRATA item 8). Both are off unless you ask for them.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -17,8 +19,11 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def teacher_forward(teacher: nn.Module, *inputs, train_mode: bool = False, grad: bool = False, **kwargs):
+def teacher_forward(teacher, *inputs, train_mode: bool = False, grad: bool = False, **kwargs):
     """Run ``teacher(*inputs, **kwargs)`` in ``eval()`` mode under ``torch.no_grad()``.
+
+    ``teacher`` is a module, or a bound method of one such as
+    ``gpt.forward_internals`` (the module it belongs to is put in eval mode).
 
     The teacher stays in eval mode afterwards (a later ``model.train()`` on a parent
     module can switch it back; calling this again switches it off again).
@@ -27,6 +32,7 @@ def teacher_forward(teacher: nn.Module, *inputs, train_mode: bool = False, grad:
         train_mode: run in training mode instead (rarely wanted).
         grad: record the autograd graph (e.g. for online / mutual distillation).
     """
-    teacher.train(train_mode)
+    module = teacher.__self__ if inspect.ismethod(teacher) else teacher
+    module.train(train_mode)
     with torch.set_grad_enabled(grad):
         return teacher(*inputs, **kwargs)

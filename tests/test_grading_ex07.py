@@ -64,10 +64,10 @@ STEP_MISTAKES = {
     "layer_m_to_layer_m": """
         def distill_terms(student, teacher, projections, x, y, T=2.0, kd_weight=1.0, ce_weight=0.5, hidden_weight=1.0):
             mask = y != -1
-            out_s = student(x, mask, output_hidden=True)
+            out_s = student.forward_internals(x, mask)
             teacher.eval()
             with torch.no_grad():
-                out_t = teacher(x, mask, output_hidden=True)
+                out_t = teacher.forward_internals(x, mask)
             hidden = torch.stack([hidden_loss(h, out_t.hidden_states[m], w, mask)
                                   for m, (h, w) in enumerate(zip(out_s.hidden_states, projections))]).mean()
             return {"kd": kd_weight * token_kd_loss(out_s.logits, out_t.logits, mask, T),
@@ -78,8 +78,8 @@ STEP_MISTAKES = {
     "teacher_in_training_mode": """
         def distill_terms(student, teacher, projections, x, y, T=2.0, kd_weight=1.0, ce_weight=0.5, hidden_weight=1.0):
             mask = y != -1
-            out_s = student(x, mask, output_hidden=True)
-            out_t = teacher(x, mask, output_hidden=True)
+            out_s = student.forward_internals(x, mask)
+            out_t = teacher.forward_internals(x, mask)
             step = teacher.config.n_layer // student.config.n_layer
             hidden = torch.stack([hidden_loss(h, out_t.hidden_states[m * step], w, mask)
                                   for m, (h, w) in enumerate(zip(out_s.hidden_states, projections))]).mean()
@@ -91,10 +91,10 @@ STEP_MISTAKES = {
     "ce_over_padding": """
         def distill_terms(student, teacher, projections, x, y, T=2.0, kd_weight=1.0, ce_weight=0.5, hidden_weight=1.0):
             mask = y != -1
-            out_s = student(x, mask, output_hidden=True)
+            out_s = student.forward_internals(x, mask)
             teacher.eval()
             with torch.no_grad():
-                out_t = teacher(x, mask, output_hidden=True)
+                out_t = teacher.forward_internals(x, mask)
             step = teacher.config.n_layer // student.config.n_layer
             hidden = torch.stack([hidden_loss(h, out_t.hidden_states[m * step], w, mask)
                                   for m, (h, w) in enumerate(zip(out_s.hidden_states, projections))]).mean()
