@@ -1,26 +1,49 @@
-"""Grade a learner's exercise notebook locally: run it, then run each question's checks.
+"""Grade a learner's exercise notebook locally; the learner's kernel returns outputs, the grader decides.
 
-A fresh kernel first imports what the notebook and the checks import (torch, kd_ref,
-otter), under its own limit and binding no names, so that neither the learner's first cell
-nor the first question is charged for it. Then the notebook runs top to bottom (errors
-allowed, each cell under a time limit), and every question's otter test file (public and
-hidden checks) runs in the same kernel under its own time limit. A question whose checks
-raise, fail or time out scores 0 for the failed part; the other questions are still graded.
+How a score is made (the design; the README's grading section states its limits):
+
+1. **Reference.** The master's solution cells run in a kernel of the grader's own (never the
+   learner's), then every check of the master (:mod:`.harness`): each call of an answer is
+   recorded. The master's checks assert in that kernel that the solution agrees with the
+   ``kd_ref`` oracle on those very inputs; a reference that fails its own check stops grading.
+2. **Learner.** A fresh kernel (sandboxed with ``sandbox=True``) imports torch, kd_ref and otter
+   (a warm-up under its own limit that binds no names), runs the learner's cells top to bottom
+   (errors allowed, a time limit per cell), then the same checks, one at a time, under a time
+   limit per question. The kernel only writes records of the answers' outputs to a file the
+   grader names; the grader loads it with ``torch.load(weights_only=True)`` (plain data only).
+3. **Verdict, in the grader's process.** A check passes when the learner's record equals the
+   reference's (same calls, outputs equal within rtol 1e-4 / atol 1e-5, same gradients, buffers,
+   training modes and hooks left on the objects the answers touched) and the answer raised
+   nothing. Hidden checks draw their inputs from seeds mixed with a salt drawn at grading time
+   (``secrets``), sent to the kernel only after the learner's cells have run: outputs cannot be
+   prepared in advance. Nothing the learner's kernel prints, patches or reports can pass a
+   check: only outputs equal to the reference's can.
+4. **Forbidden shortcuts** (:mod:`.rules`) score the question 0: a static scan of the question's
+   cells in the grader's process, and the oracle disabled in place while the answers run.
+
+Points: the checks' otter points (public checks 0, hidden checks sharing the question's points).
 """
 from __future__ import annotations
 
-import json
 import math
+import os
+import secrets
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+import torch
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from .assign import SOLUTIONS, master_for, question_tests
+from . import sandbox as sandbox_mod
+from .assign import SOLUTIONS, assignment_name, master_for, question_tests
+from .rules import forbidden_uses, rule_for
 
-_MARK = "KD_REF_GRADE_RESULT "
+HARNESS = (Path(__file__).with_name("harness.py")).read_text()
 
 # Run once, before the learner's cells: importing torch, kd_ref and otter takes about 6 s on an
 # idle 2-core machine (more under load), time that is not the learner's. It has its own limit,
@@ -28,18 +51,19 @@ _MARK = "KD_REF_GRADE_RESULT "
 # leaves the learner's namespace as it was.
 _WARM_UP = "__import__('torch'), __import__('kd_ref'), __import__('otter.test_files');"
 _WARM_UP_LIMIT = 120
+_MAX_RECORD_BYTES = 64 * 2**20
+RTOL, ATOL = 1e-4, 1e-5
 
-_CHECK = '''
-import json as _kd_json
-from otter.test_files import ExceptionTestFile as _KdTestFile
-_kd_file = _KdTestFile.from_file({path!r})
-_kd_file.run(globals())
-print({mark!r} + _kd_json.dumps({{
-    "name": _kd_file.name, "score": float(_kd_file.score), "max_score": float(_kd_file.possible),
-    "failed": [r.message for r in _kd_file.test_case_results if not r.passed and not r.test_case.hidden],
-    "hidden_failed": sum(1 for r in _kd_file.test_case_results if not r.passed and r.test_case.hidden),
-}}))
-'''
+
+@dataclass
+class Check:
+    """One test case of a question's otter test file."""
+    name: str                         # the test function's name (unique in its exercise)
+    question: str
+    hidden: bool
+    points: float
+    params: list[str]
+    source: str                       # the whole test file: the check is one function of it
 
 
 @dataclass
@@ -48,12 +72,17 @@ class QuestionResult:
     score: float
     max_score: float
     messages: list[str] = field(default_factory=list)
+    failed_public: list[str] = field(default_factory=list)     # the public checks' messages that failed
+    hidden_failed: int = 0                                      # how many hidden checks failed (never which)
+    forbidden: list[str] = field(default_factory=list)          # forbidden shortcuts found
 
 
 @dataclass
 class GradeReport:
     notebook: str
     questions: list[QuestionResult]
+    problems: list[str] = field(default_factory=list)           # what went wrong outside the checks
+    seconds: float = 0.0
 
     @property
     def score(self) -> float:
@@ -68,6 +97,14 @@ class GradeReport:
         return {"notebook": self.notebook, "score": self.score, "max_score": self.max_score,
                 "questions": [{"name": q.name, "score": q.score, "max_score": q.max_score} for q in self.questions]}
 
+    def instructor_json(self) -> dict:
+        """:meth:`to_json` plus, per question, the failed public messages and the count of failed hidden checks."""
+        out = self.to_json()
+        for row, q in zip(out["questions"], self.questions):
+            row.update(failed_public=q.failed_public, hidden_failed=q.hidden_failed, forbidden=q.forbidden)
+        out["problems"] = self.problems
+        return out
+
     def table(self) -> str:
         width = max([len("question"), *(len(q.name) for q in self.questions)])
         lines = [f"{'question':<{width}}  score    max", f"{'-' * width}  -----  -----"]
@@ -77,93 +114,292 @@ class GradeReport:
         return "\n".join(lines)
 
 
-def _max_points(test_file: Path) -> float:
+def checks_of(test_file: Path) -> tuple[float, list[Check]]:
+    """The question's points and its checks, read in the grader's process (otter resolves the points)."""
+    import inspect
+
     from otter.test_files import ExceptionTestFile
-    return float(ExceptionTestFile.from_file(str(test_file)).possible)
+    tf = ExceptionTestFile.from_file(str(test_file))
+    source = Path(test_file).read_text()
+    functions = [getattr(tc.body, "test_func", tc.body) for tc in tf.test_cases]   # otter wraps each test function
+    checks = [Check(f.__name__, tf.name, tc.hidden, float(tc.points), list(inspect.signature(f).parameters), source)
+              for tc, f in zip(tf.test_cases, functions)]
+    return float(tf.possible), checks
 
 
-def _result_of(cell) -> dict | None:
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
-            for line in out.get("text", "").splitlines():
-                if line.startswith(_MARK):
-                    return json.loads(line[len(_MARK):])
-    return None
+# --- kernels ---------------------------------------------------------------------------------------------
+
+class _Kernel:
+    """One kernel running cells of ``nb``: plain, or inside the sandbox; outputs of answers go to ``scratch``."""
+
+    def __init__(self, nb, cwd: Path, scratch: Path, sandboxed: bool, limits: sandbox_mod.Limits, slot: int):
+        self.nb, self.scratch = nb, scratch
+        km = None
+        if sandboxed:
+            from jupyter_client import KernelManager
+
+            class SandboxedKernelManager(KernelManager):
+                def format_kernel_cmd(self, extra_arguments=None):
+                    return sandbox_mod.command(super().format_kernel_cmd(extra_arguments), scratch, limits, slot)
+
+                def write_connection_file(self, **kwargs):
+                    super().write_connection_file(**kwargs)
+                    os.chmod(self.connection_file, 0o644)           # the sandbox's user reads it
+
+            sandbox_mod.prepare_scratch(scratch)
+            km = SandboxedKernelManager(kernel_name="python3", transport="ipc", ip=str(scratch / "kernel"),
+                                        connection_file=str(scratch / "kernel.json"))
+        self.client = NotebookClient(nb, km=km, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
+                                     timeout=60, resources={"metadata": {"path": str(cwd)}})
+
+    def run(self, source: str, limit: float):
+        """Run ``source`` as a new cell under ``limit`` seconds; return the cell (with its outputs)."""
+        cell = nbformat.v4.new_code_cell(source)
+        self.nb.cells.append(cell)                      # nbclient stores outputs by index
+        self.client.timeout = math.ceil(limit)          # nbclient counts whole seconds: round up
+        self.client.execute_cell(cell, len(self.nb.cells) - 1)
+        return cell
+
+    def run_existing(self, index: int, limit: float):
+        self.client.timeout = math.ceil(limit)
+        self.client.execute_cell(self.nb.cells[index], index)
+        return self.nb.cells[index]
 
 
-def _error_of(cell) -> str:
+def _error_of(cell) -> str | None:
     for out in cell.get("outputs", []):
         if out.get("output_type") == "error":
             return f"{out.get('ename')}: {out.get('evalue')}"
-    return "no result"
+    return None
+
+
+def _check_cell(check: Check, salt: int | None, out: Path, rule) -> str:
+    return (f"__kd_grading = {{}}\nexec({HARNESS!r}, __kd_grading)\n"
+            f"__kd_grading['run_check'](globals(), {check.source!r}, {check.name!r}, {check.params!r}, "
+            f"{salt if check.hidden else None!r}, {list(rule.oracle)!r}, {list(rule.ops)!r}, {str(out)!r})\n"
+            f"del __kd_grading")
+
+
+def _load_record(path: Path) -> dict | None:
+    """A record written by the kernel: plain data only (``weights_only``), bounded in size; None if absent or bad."""
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_RECORD_BYTES:
+            return None
+        record = torch.load(path, weights_only=True)
+    except Exception:                                   # noqa: BLE001 - a bad record is a failed check
+        return None
+    finally:
+        path.unlink(missing_ok=True)
+    if not isinstance(record, dict) or not {"events", "post", "outcome", "forbidden"} <= set(record):
+        return None
+    return record
+
+
+def _run_checks(kernel: _Kernel, checks: list[Check], salt: int, assignment: str, question_timeout: float,
+                on_timeout) -> dict[str, dict | None]:
+    """Each check in ``kernel``; its record, or None. A question whose check times out skips its other checks."""
+    records: dict[str, dict | None] = {}
+    timed_out: set[str] = set()
+    for check in checks:
+        if check.question in timed_out:
+            records[check.name] = None
+            continue
+        out = kernel.scratch / f"record-{secrets.token_hex(8)}.pt"
+        cell = kernel.run(_check_cell(check, salt, out, rule_for(assignment, check.question)), question_timeout)
+        error = _error_of(cell)
+        if error and "KeyboardInterrupt" in error:
+            timed_out.add(check.question)
+            on_timeout(check.question)
+        records[check.name] = _load_record(out)
+    return records
+
+
+# --- the reference ---------------------------------------------------------------------------------------
+
+_REFERENCES: dict[tuple, dict] = {}
+
+
+def _solution_cells(master_nb) -> list[int]:
+    """Indices of the master's code cells that are not checks."""
+    keep, in_tests = [], False
+    for i, cell in enumerate(master_nb.cells):
+        if cell.cell_type == "raw":
+            in_tests = {"# BEGIN TESTS": True, "# END TESTS": False}.get(cell.source.strip(), in_tests)
+        elif cell.cell_type == "code" and not in_tests:
+            keep.append(i)
+    return keep
+
+
+def reference_records(master: Path, salt: int, checks: list[Check] | None = None) -> dict[str, dict]:
+    """The record of every check of ``master`` run on the master's solution, in a trusted kernel."""
+    master = Path(master).resolve()
+    key = (str(master), master.stat().st_mtime_ns, salt)
+    if key in _REFERENCES:
+        return _REFERENCES[key]
+    if checks is None:
+        checks = [c for t in question_tests(master) for c in checks_of(t)[1]]
+    nb = nbformat.read(master, as_version=4)
+    assignment = assignment_name(nb)
+    with tempfile.TemporaryDirectory(prefix="kd_ref_reference_") as scratch:
+        kernel = _Kernel(nb, master.parent, Path(scratch), False, sandbox_mod.Limits(), 0)
+        with kernel.client.setup_kernel():
+            kernel.run(_WARM_UP, _WARM_UP_LIMIT)
+            for index in _solution_cells(nb):
+                cell = kernel.run_existing(index, 600)
+                if _error_of(cell):
+                    raise RuntimeError(f"the master {master.name} fails in cell {index}: {_error_of(cell)}")
+
+            def timeout(question):
+                raise RuntimeError(f"the master {master.name} timed out in {question}'s checks")
+            records = _run_checks(kernel, checks, salt, assignment, 600, timeout)
+    for name, record in records.items():
+        if record is None or record["outcome"][0] != "ok" or record["forbidden"]:
+            detail = record and (record["outcome"], record["forbidden"])
+            raise RuntimeError(f"the master {master.name} fails its own check {name}: {detail}")
+    _REFERENCES[key] = records
+    return records
+
+
+# --- comparing records -----------------------------------------------------------------------------------
+
+def _same(a, b) -> bool:
+    """Records equal: same structure; numbers and tensors within RTOL / ATOL (exact for integers and booleans)."""
+    if isinstance(b, bool) or isinstance(a, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(b, (int, float)) and not isinstance(b, bool):
+        return isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL) or (
+            isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    if isinstance(b, torch.Tensor):
+        if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+            return False
+        if not (b.is_floating_point() or b.is_complex()):
+            return (not a.is_floating_point()) and bool(torch.equal(a.to(torch.int64), b.to(torch.int64)))
+        return bool(torch.allclose(a.double(), b.double(), rtol=RTOL, atol=ATOL, equal_nan=True))
+    if isinstance(b, (list, tuple)):
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _verdict(record: dict | None, reference: dict) -> tuple[bool, str]:
+    """(passed, why not) for one check; only the grader's comparison can pass it."""
+    if record is None:
+        return False, "no result (the check did not finish)"
+    kind, message = record["outcome"]
+    if record["forbidden"]:
+        return False, "; ".join(record["forbidden"])
+    if kind == "error":
+        return False, message
+    if not _same(record["events"], reference["events"]) or not _same(record["post"], reference["post"]):
+        return False, message or "the answer's outputs differ from the expected values"
+    return True, ""
+
+
+# --- grading ---------------------------------------------------------------------------------------------
+
+def read_notebook(notebook: Path):
+    if not notebook.exists():
+        raise ValueError(f"notebook {notebook} does not exist")
+    try:
+        return nbformat.read(notebook, as_version=4)
+    except Exception as err:                                           # not JSON, not a notebook
+        raise ValueError(f"{notebook} is not a readable notebook: {err}") from err
 
 
 def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None, *,
-                   cell_timeout: float = 300, question_timeout: float = 60) -> GradeReport:
+                   cell_timeout: float = 300, question_timeout: float = 60, sandbox: bool = False,
+                   limits: sandbox_mod.Limits | None = None, salt: int | None = None, slot: int = 0,
+                   references: dict | None = None) -> GradeReport:
     """Score ``notebook`` against the checks of its master in ``solutions_dir``.
 
     Args:
         notebook: a learner's exercise notebook (or a master: solutions grade full marks).
         solutions_dir: where the masters are (default: ``./solutions`` if present, else the repository's).
         cell_timeout: seconds allowed to each of the learner's cells (then it is interrupted).
-        question_timeout: seconds allowed to each question's checks (then the question scores 0).
+        question_timeout: seconds allowed to each of a question's checks (then the question's other checks are skipped).
+        sandbox: run the learner's kernel in bubblewrap (:mod:`.sandbox`); raises
+            :class:`~kd_ref.grading.sandbox.SandboxUnavailable` where it cannot run.
+        limits: the sandbox's resource limits.
+        salt: mixed into the hidden checks' seeds (default: drawn now, at random).
+        slot: which sandbox user id to use (concurrent jobs need different ones).
+        references: records of the master's checks for this ``salt`` (default: made now).
     """
+    start = time.monotonic()
     notebook = Path(notebook).resolve()
-    if not notebook.exists():
-        raise ValueError(f"notebook {notebook} does not exist")
-    try:
-        nb = nbformat.read(notebook, as_version=4)
-    except Exception as err:                                           # not JSON, not a notebook
-        raise ValueError(f"{notebook} is not a readable notebook: {err}") from err
+    nb = read_notebook(notebook)
     if solutions_dir is None:
         solutions_dir = Path("solutions") if Path("solutions").is_dir() else SOLUTIONS
     master = master_for(nb, Path(solutions_dir))
+    if sandbox:
+        sandbox_mod.check_sandbox()
+    salt = secrets.randbelow(2**62) if salt is None else salt
+    assignment = assignment_name(nb)
 
-    tests = question_tests(master)
-    results = {t.stem: QuestionResult(t.stem, 0.0, _max_points(t)) for t in tests}
-    _run(nb, notebook, tests, results, cell_timeout, question_timeout)
-    return GradeReport(str(notebook), list(results.values()))
+    questions, checks = {}, []
+    for test in question_tests(master):
+        points, question_checks = checks_of(test)
+        questions[test.stem] = QuestionResult(test.stem, 0.0, points)
+        checks += question_checks
+    if references is None:
+        references = reference_records(master, salt, checks)
+    report = GradeReport(str(notebook), list(questions.values()))
+    records = _run_learner(nb, notebook, checks, salt, assignment, report, questions, cell_timeout,
+                           question_timeout, sandbox, limits or sandbox_mod.Limits(), slot)
+
+    static = forbidden_uses(nb, assignment)
+    for check in checks:
+        question = questions[check.question]
+        passed, why = _verdict(records.get(check.name), references[check.name])
+        if passed:
+            question.score += check.points
+        elif check.hidden:
+            question.hidden_failed += 1
+        else:
+            question.failed_public.append(why)
+        if records.get(check.name) and records[check.name]["forbidden"]:
+            question.forbidden += [f for f in records[check.name]["forbidden"] if f not in question.forbidden]
+    for name, found in static.items():
+        if name in questions:
+            questions[name].forbidden.append("forbidden here: " + ", ".join(found))
+    for question in questions.values():
+        if question.forbidden:
+            question.score = 0.0
+        question.messages = [*question.messages, *question.failed_public, *question.forbidden]
+        if question.hidden_failed:
+            question.messages.append(f"{question.hidden_failed} hidden check(s) failed")
+    report.seconds = time.monotonic() - start
+    return report
 
 
-def _run(nb, notebook: Path, tests: list[Path], results: dict, cell_timeout: float,
-         question_timeout: float) -> None:
-    """Warm up, execute the learner's cells, then each question's checks, in one kernel; fill ``results``.
-
-    The client owns its kernel, so the kernel is shut down when grading ends.
-    """
-    # nbclient counts whole seconds: a fractional limit is rounded up.
-    cell_limit, question_limit = math.ceil(cell_timeout), math.ceil(question_timeout)
-    client = NotebookClient(nb, kernel_name="python3", timeout=cell_limit, allow_errors=True,
-                            interrupt_on_timeout=True, resources={"metadata": {"path": str(notebook.parent)}})
+def _run_learner(nb, notebook: Path, checks, salt, assignment, report, questions, cell_timeout, question_timeout,
+                 sandboxed, limits, slot) -> dict[str, dict | None]:
+    """Warm up, run the learner's cells, then each check, in one kernel; the records (absent: None)."""
+    scratch = Path(tempfile.mkdtemp(prefix="kd_ref_grade_"))
     try:
-        with client.setup_kernel():
-            learner_cells = list(enumerate(nb.cells))
-            warm_up = nbformat.v4.new_code_cell(_WARM_UP)
-            nb.cells.append(warm_up)                      # nbclient stores outputs by index
-            client.timeout = max(cell_limit, _WARM_UP_LIMIT)
-            client.execute_cell(warm_up, len(nb.cells) - 1)
-            client.timeout = cell_limit
-            for index, cell in learner_cells:
-                if cell.cell_type == "code":
-                    client.execute_cell(cell, index)
-            client.timeout = question_limit
-            for test in tests:
-                check = nbformat.v4.new_code_cell(_CHECK.format(path=str(test), mark=_MARK))
-                nb.cells.append(check)
-                client.execute_cell(check, len(nb.cells) - 1)
-                outcome = _result_of(check)
-                question = results[test.stem]
-                if outcome is None:
-                    error = _error_of(check)
-                    if "KeyboardInterrupt" in error:
-                        error = f"time limit of {question_limit} s exceeded"
-                    question.messages.append(error)
-                else:
-                    question.score = outcome["score"]
-                    question.messages.extend(outcome["failed"])
-                    if outcome["hidden_failed"]:
-                        question.messages.append(f"{outcome['hidden_failed']} hidden check(s) failed")
-    except DeadKernelError as err:
-        for question in results.values():
-            if not question.messages and question.score == 0:
-                question.messages.append(f"the kernel died: {err}")
+        cwd = notebook.parent
+        if sandboxed:                                   # the notebook's folder is not visible: work in scratch
+            cwd = scratch
+            shutil.copy(notebook, scratch / notebook.name)
+        kernel = _Kernel(nb, cwd, scratch, sandboxed, limits, slot)
+        learner_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        records: dict[str, dict | None] = {}
+        try:
+            with kernel.client.setup_kernel():
+                kernel.run(_WARM_UP, max(cell_timeout, _WARM_UP_LIMIT))
+                for index in learner_cells:
+                    error = _error_of(kernel.run_existing(index, cell_timeout))
+                    if error:
+                        if "KeyboardInterrupt" in error:
+                            error = f"time limit of {math.ceil(cell_timeout)} s exceeded"
+                        report.problems.append(f"cell {index}: {error}")
+
+                def timeout(question):
+                    questions[question].messages.append(f"time limit of {math.ceil(question_timeout)} s exceeded")
+                    report.problems.append(f"{question}: time limit of {math.ceil(question_timeout)} s exceeded")
+                records = _run_checks(kernel, checks, salt, assignment, question_timeout, timeout)
+        except DeadKernelError as err:
+            report.problems.append(f"killed: the kernel died ({err}); a resource limit, or the notebook ended it")
+            for question in questions.values():
+                question.messages.append("not graded: the kernel died")
+        return records
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
