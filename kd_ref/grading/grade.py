@@ -53,6 +53,9 @@ _WARM_UP = "__import__('torch'), __import__('kd_ref'), __import__('otter.test_fi
 _WARM_UP_LIMIT = 120
 _MAX_RECORD_BYTES = 64 * 2**20
 RTOL, ATOL = 1e-4, 1e-5
+# Drawn once per grading process, when it starts: every notebook it grades gets the same hidden
+# inputs (a fair class), and the master's records are made once per exercise.
+SESSION_SALT = secrets.randbelow(2**62)
 
 
 @dataclass
@@ -319,7 +322,7 @@ def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None
         sandbox: run the learner's kernel in bubblewrap (:mod:`.sandbox`); raises
             :class:`~kd_ref.grading.sandbox.SandboxUnavailable` where it cannot run.
         limits: the sandbox's resource limits.
-        salt: mixed into the hidden checks' seeds (default: drawn now, at random).
+        salt: mixed into the hidden checks' seeds (default: drawn at random when the grader started).
         slot: which sandbox user id to use (concurrent jobs need different ones).
         references: records of the master's checks for this ``salt`` (default: made now).
     """
@@ -331,7 +334,7 @@ def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None
     master = master_for(nb, Path(solutions_dir))
     if sandbox:
         sandbox_mod.check_sandbox()
-    salt = secrets.randbelow(2**62) if salt is None else salt
+    salt = SESSION_SALT if salt is None else salt
     assignment = assignment_name(nb)
 
     questions, checks = {}, []

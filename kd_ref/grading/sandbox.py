@@ -58,7 +58,7 @@ def _probe() -> str | None:
             return (f"--sandbox needs `{tool}` (Debian/Ubuntu package {package}: "
                     f"sudo apt-get install -y {package}); refusing to grade unsandboxed")
     try:
-        probe = subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
+        probe = subprocess.run(["bwrap", *_UNSHARE, "--die-with-parent", "--ro-bind", "/", "/",
                                 "--proc", "/proc", "--dev", "/dev", "true"],
                                capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -87,12 +87,18 @@ def _needed_read_only() -> list[Path]:
     return sorted(paths)
 
 
+# Everything but the user namespace as root (setpriv then drops to a real, unprivileged user id), everything
+# as another user (bwrap then needs an unprivileged user namespace).
+_UNSHARE = (["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+            if os.geteuid() == 0 else ["--unshare-all"])
+
+
 def command(argv: list[str], scratch: Path, limits: Limits, slot: int = 0) -> list[str]:
     """``argv`` wrapped in prlimit and bwrap, with ``scratch`` the only writable directory."""
     scratch = scratch.resolve()
     cmd = ["prlimit", f"--data={limits.memory_mb * 2**20}", f"--cpu={limits.cpu_seconds}",
            f"--nproc={limits.processes}", f"--fsize={limits.file_mb * 2**20}", "--",
-           "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+           "bwrap", *_UNSHARE, "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
            "--proc", "/proc", "--dev", "/dev"]
     hidden = [*_home_dirs(), Path("/tmp")]
     solutions = REPO.resolve() / "solutions"
@@ -107,7 +113,9 @@ def command(argv: list[str], scratch: Path, limits: Limits, slot: int = 0) -> li
     cmd += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch),
             "--setenv", "HOME", str(scratch), "--setenv", "TMPDIR", str(scratch),
             "--setenv", "IPYTHONDIR", str(scratch / ".ipython"), "--setenv", "MPLCONFIGDIR", str(scratch / ".mpl"),
-            "--setenv", "JUPYTER_RUNTIME_DIR", str(scratch / ".runtime")]
+            "--setenv", "JUPYTER_RUNTIME_DIR", str(scratch / ".runtime"),
+            # the kernel cannot see the grader's process id from its PID namespace: no parent polling
+            "--unsetenv", "JPY_PARENT_PID"]
     if os.geteuid() == 0:
         # root is exempt from RLIMIT_NPROC: drop to a user id of the sandbox's own (one per job)
         uid = 61000 + slot
