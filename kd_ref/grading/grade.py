@@ -68,6 +68,11 @@ class Check:
     params: list[str]
     source: str                       # the whole test file: the check is one function of it
 
+    @property
+    def key(self) -> str:
+        """Unique in its exercise (two questions may name their checks alike)."""
+        return f"{self.question}/{self.name}"
+
 
 @dataclass
 class QuestionResult:
@@ -205,7 +210,7 @@ def _run_checks(kernel: _Kernel, checks: list[Check], salt: int, assignment: str
     timed_out: set[str] = set()
     for check in checks:
         if check.question in timed_out:
-            records[check.name] = None
+            records[check.key] = None
             continue
         out = kernel.scratch / f"record-{secrets.token_hex(8)}.pt"
         cell = kernel.run(_check_cell(check, salt, out, rule_for(assignment, check.question)), question_timeout)
@@ -213,7 +218,7 @@ def _run_checks(kernel: _Kernel, checks: list[Check], salt: int, assignment: str
         if error and "KeyboardInterrupt" in error:
             timed_out.add(check.question)
             on_timeout(check.question)
-        records[check.name] = _load_record(out)
+        records[check.key] = _load_record(out)
     return records
 
 
@@ -351,15 +356,16 @@ def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None
     static = forbidden_uses(nb, assignment)
     for check in checks:
         question = questions[check.question]
-        passed, why = _verdict(records.get(check.name), references[check.name])
+        record = records.get(check.key)
+        passed, why = _verdict(record, references[check.key])
         if passed:
             question.score += check.points
         elif check.hidden:
             question.hidden_failed += 1
         else:
             question.failed_public.append(why)
-        if records.get(check.name) and records[check.name]["forbidden"]:
-            question.forbidden += [f for f in records[check.name]["forbidden"] if f not in question.forbidden]
+        if record and record["forbidden"]:
+            question.forbidden += [f for f in record["forbidden"] if f not in question.forbidden]
     for name, found in static.items():
         if name in questions:
             questions[name].forbidden.append("forbidden here: " + ", ".join(found))
