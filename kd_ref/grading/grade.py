@@ -2,8 +2,8 @@
 
 How a score is made (the design; the README's grading section states its limits):
 
-1. **Reference.** The master's solution cells run in a kernel of the grader's own (never the
-   learner's), then every check of the master (:mod:`.harness`): each call of an answer is
+1. **Reference.** The master's solution cells run in the grader's own process (never in the
+   learner's kernel), then every check of the master (:mod:`.harness`): each call of an answer is
    recorded. The master's checks assert in that kernel that the solution agrees with the
    ``kd_ref`` oracle on those very inputs; a reference that fails its own check stops grading.
 2. **Learner.** A fresh kernel (sandboxed with ``sandbox=True``) imports torch, kd_ref and otter
@@ -137,8 +137,21 @@ def checks_of(test_file: Path) -> tuple[float, list[Check]]:
 
 # --- kernels ---------------------------------------------------------------------------------------------
 
+class KernelStuck(RuntimeError):
+    """The kernel did not answer after a time limit and an interrupt (a notebook can ignore SIGINT or break
+    the kernel's messaging): it is killed and the notebook's grading ends there."""
+
+
+_PROBE_LIMIT = 15
+
+
 class _Kernel:
-    """One kernel running cells of ``nb``: plain, or inside the sandbox; outputs of answers go to ``scratch``."""
+    """One kernel running cells of ``nb``: plain, or inside the sandbox; outputs of answers go to ``scratch``.
+
+    A cell over its time limit is interrupted and reported as timed out (``self.timed_out``) without
+    waiting for the kernel; the next cell then first checks that the kernel answers within
+    ``_PROBE_LIMIT`` seconds, else raises :class:`KernelStuck`, so that no notebook can hold the grader.
+    """
 
     def __init__(self, nb, cwd: Path, scratch: Path, sandboxed: bool, limits: sandbox_mod.Limits, slot: int):
         self.nb, self.scratch = nb, scratch
@@ -158,20 +171,32 @@ class _Kernel:
             km = SandboxedKernelManager(kernel_name="python3", transport="ipc", ip=str(scratch / "kernel"),
                                         connection_file=str(scratch / "kernel.json"))
         self.client = NotebookClient(nb, km=km, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
-                                     timeout=60, resources={"metadata": {"path": str(cwd)}})
+                                     error_on_timeout={"ename": "TimeoutError", "evalue": "time limit", "traceback": []},
+                                     timeout=60, shutdown_kernel="immediate", resources={"metadata": {"path": str(cwd)}})
+        self.timed_out = False
 
     def run(self, source: str, limit: float):
         """Run ``source`` as a new cell under ``limit`` seconds; return the cell (with its outputs)."""
         cell = nbformat.v4.new_code_cell(source)
         self.nb.cells.append(cell)                      # nbclient stores outputs by index
-        self.client.timeout = math.ceil(limit)          # nbclient counts whole seconds: round up
-        self.client.execute_cell(cell, len(self.nb.cells) - 1)
-        return cell
+        return self.run_existing(len(self.nb.cells) - 1, limit)
 
     def run_existing(self, index: int, limit: float):
-        self.client.timeout = math.ceil(limit)
-        self.client.execute_cell(self.nb.cells[index], index)
+        if self.timed_out:                              # the last cell was interrupted: does the kernel answer?
+            self.timed_out = False
+            probe = nbformat.v4.new_code_cell("pass")
+            self.nb.cells.append(probe)
+            self._execute(probe, len(self.nb.cells) - 1, _PROBE_LIMIT)
+            if self.timed_out:
+                raise KernelStuck(f"the kernel did not answer within {_PROBE_LIMIT} s of an interrupt")
+        self._execute(self.nb.cells[index], index, limit)
         return self.nb.cells[index]
+
+    def _execute(self, cell, index: int, limit: float) -> None:
+        self.client.timeout = math.ceil(limit)          # nbclient counts whole seconds: round up
+        start = time.monotonic()
+        self.client.execute_cell(cell, index)
+        self.timed_out = time.monotonic() - start >= self.client.timeout
 
 
 def _error_of(cell) -> str | None:
@@ -204,9 +229,9 @@ def _load_record(path: Path) -> dict | None:
 
 
 def _run_checks(kernel: _Kernel, checks: list[Check], salt: int, assignment: str, question_timeout: float,
-                on_timeout) -> dict[str, dict | None]:
-    """Each check in ``kernel``; its record, or None. A question whose check times out skips its other checks."""
-    records: dict[str, dict | None] = {}
+                on_timeout, records: dict[str, dict | None]) -> dict[str, dict | None]:
+    """Each check in ``kernel``; its record (in ``records``), or None. A question whose check times out skips
+    its other checks."""
     timed_out: set[str] = set()
     for check in checks:
         if check.question in timed_out:
@@ -214,8 +239,7 @@ def _run_checks(kernel: _Kernel, checks: list[Check], salt: int, assignment: str
             continue
         out = kernel.scratch / f"record-{secrets.token_hex(8)}.pt"
         cell = kernel.run(_check_cell(check, salt, out, rule_for(assignment, check.question)), question_timeout)
-        error = _error_of(cell)
-        if error and "KeyboardInterrupt" in error:
+        if kernel.timed_out:
             timed_out.add(check.question)
             on_timeout(check.question)
         records[check.key] = _load_record(out)
@@ -239,7 +263,13 @@ def _solution_cells(master_nb) -> list[int]:
 
 
 def reference_records(master: Path, salt: int, checks: list[Check] | None = None) -> dict[str, dict]:
-    """The record of every check of ``master`` run on the master's solution, in a trusted kernel."""
+    """The record of every check of ``master`` run on the master's solution, in the grader's own process.
+
+    The master's solution cells (its code cells, checks left out) run in a private namespace of
+    this process; then every check runs on it through the same harness as in the learner's kernel,
+    its assertions included: they compare the solution with the ``kd_ref`` oracle on the very
+    (salted) inputs of this grading run, so a reference that disagrees with the oracle stops grading.
+    """
     master = Path(master).resolve()
     key = (str(master), master.stat().st_mtime_ns, salt)
     if key in _REFERENCES:
@@ -247,19 +277,27 @@ def reference_records(master: Path, salt: int, checks: list[Check] | None = None
     if checks is None:
         checks = [c for t in question_tests(master) for c in checks_of(t)[1]]
     nb = nbformat.read(master, as_version=4)
-    assignment = assignment_name(nb)
-    with tempfile.TemporaryDirectory(prefix="kd_ref_reference_") as scratch:
-        kernel = _Kernel(nb, master.parent, Path(scratch), False, sandbox_mod.Limits(), 0)
-        with kernel.client.setup_kernel():
-            kernel.run(_WARM_UP, _WARM_UP_LIMIT)
-            for index in _solution_cells(nb):
-                cell = kernel.run_existing(index, 600)
-                if _error_of(cell):
-                    raise RuntimeError(f"the master {master.name} fails in cell {index}: {_error_of(cell)}")
-
-            def timeout(question):
-                raise RuntimeError(f"the master {master.name} timed out in {question}'s checks")
-            records = _run_checks(kernel, checks, salt, assignment, 600, timeout)
+    rules = {c.question: rule_for(assignment_name(nb), c.question) for c in checks}
+    namespace: dict = {"__name__": f"kd_ref_reference_{master.stem}"}
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    records = {}
+    try:
+        os.chdir(master.parent)
+        for index in _solution_cells(nb):
+            exec(compile(nb.cells[index].source, f"<{master.name} cell {index}>", "exec"), namespace)
+        harness: dict = {}
+        exec(compile(HARNESS, "<kd_ref grading harness>", "exec"), harness)
+        with tempfile.TemporaryDirectory(prefix="kd_ref_reference_") as scratch:
+            for check in checks:
+                out = Path(scratch) / f"{secrets.token_hex(8)}.pt"
+                rule = rules[check.question]
+                harness["run_check"](namespace, check.source, check.name, check.params,
+                                     salt if check.hidden else None, list(rule.oracle), list(rule.ops), str(out))
+                records[check.key] = _load_record(out)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+        torch.set_printoptions(profile="default")
     for name, record in records.items():
         if record is None or record["outcome"][0] != "ok" or record["forbidden"]:
             detail = record and (record["outcome"], record["forbidden"])
@@ -384,11 +422,12 @@ def _run_learner(nb, notebook: Path, checks, salt, assignment, report, questions
     """Warm up, run the learner's cells, then each check, in one kernel; the records (absent: None)."""
     scratch = Path(tempfile.mkdtemp(prefix="kd_ref_grade_"))
     try:
-        cwd = notebook.parent
-        if sandboxed:                                   # the notebook's folder is not visible: work in scratch
-            cwd = scratch
-            shutil.copy(notebook, scratch / notebook.name)
-        kernel = _Kernel(nb, cwd, scratch, sandboxed, limits, slot)
+        # The kernel works in the scratch folder, beside a copy of the notebook under its exercise's name
+        # (otter's `grader = otter.Notebook("exNN_....ipynb")` reads its public checks from that file), so
+        # a renamed notebook (alice.ipynb) still gets its `grader.check` cells run.
+        if notebook.is_file():
+            shutil.copy(notebook, scratch / f"{assignment}.ipynb")
+        kernel = _Kernel(nb, scratch, scratch, sandboxed, limits, slot)
         learner_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
         records: dict[str, dict | None] = {}
         try:
@@ -396,19 +435,20 @@ def _run_learner(nb, notebook: Path, checks, salt, assignment, report, questions
                 kernel.run(_WARM_UP, max(cell_timeout, _WARM_UP_LIMIT))
                 for index in learner_cells:
                     error = _error_of(kernel.run_existing(index, cell_timeout))
+                    if kernel.timed_out:
+                        error = f"time limit of {math.ceil(cell_timeout)} s exceeded"
                     if error:
-                        if "KeyboardInterrupt" in error:
-                            error = f"time limit of {math.ceil(cell_timeout)} s exceeded"
                         report.problems.append(f"cell {index}: {error}")
 
                 def timeout(question):
                     questions[question].messages.append(f"time limit of {math.ceil(question_timeout)} s exceeded")
                     report.problems.append(f"{question}: time limit of {math.ceil(question_timeout)} s exceeded")
-                records = _run_checks(kernel, checks, salt, assignment, question_timeout, timeout)
-        except DeadKernelError as err:
-            report.problems.append(f"killed: the kernel died ({err}); a resource limit, or the notebook ended it")
+                _run_checks(kernel, checks, salt, assignment, question_timeout, timeout, records)
+        except (DeadKernelError, KernelStuck) as err:
+            what = "the kernel died" if isinstance(err, DeadKernelError) else "the kernel stopped answering"
+            report.problems.append(f"killed: {what} ({err}); a resource limit, or the notebook ended it")
             for question in questions.values():
-                question.messages.append("not graded: the kernel died")
+                question.messages.append(f"not graded after that: {what}")
         return records
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -199,5 +199,6 @@ def run_check(user_ns, source, name, params, salt, forbidden, forbidden_ops, out
         if isinstance(obj, nn.Module):
             post.append(module_state(obj))
         else:
-            post.append(None if obj.grad is None else ("tensor", obj.grad.detach().cpu().clone()))
+            grad = obj.grad if obj.is_leaf else None     # a non-leaf tensor keeps no gradient
+            post.append(None if grad is None else ("tensor", grad.detach().cpu().clone()))
     torch.save({"events": events, "post": post, "outcome": list(outcome), "forbidden": attempts}, out_path)
