@@ -137,7 +137,7 @@ def test_the_gradebook_has_a_row_per_notebook_and_says_what_went_wrong(gradebook
     summary = {q["name"]: q for q in book["summary"]}
     assert summary["q1"]["full_marks"] == 2 and summary["total"]["full_marks"] == 2
     assert summary["q1"]["mean"] == pytest.approx(8 / 10)
-    assert "q1           4.00   0.80  2 of 10" in printed
+    assert "q1         4.00   0.80  2 of 10" in printed
 
 
 def test_the_instructor_sees_public_messages_and_hidden_counts_never_hidden_content(gradebook_run):
