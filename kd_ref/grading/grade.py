@@ -25,8 +25,10 @@ Points: the checks' otter points (public checks 0, hidden checks sharing the que
 """
 from __future__ import annotations
 
+import ast
 import math
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -67,6 +69,7 @@ class Check:
     points: float
     params: list[str]
     source: str                       # the whole test file: the check is one function of it
+    looks_at: frozenset = frozenset()  # what of the answers' objects the check inspects after the call (see _aspects)
 
     @property
     def key(self) -> str:
@@ -130,9 +133,28 @@ def checks_of(test_file: Path) -> tuple[float, list[Check]]:
     tf = ExceptionTestFile.from_file(str(test_file))
     source = Path(test_file).read_text()
     functions = [getattr(tc.body, "test_func", tc.body) for tc in tf.test_cases]   # otter wraps each test function
-    checks = [Check(f.__name__, tf.name, tc.hidden, float(tc.points), list(inspect.signature(f).parameters), source)
+    bodies = {node.name: ast.get_source_segment(source, node) or "" for node in ast.parse(source).body
+              if isinstance(node, ast.FunctionDef)}
+    checks = [Check(f.__name__, tf.name, tc.hidden, float(tc.points), list(inspect.signature(f).parameters), source,
+                    _aspects(bodies.get(f.__name__, "")))
               for tc, f in zip(tf.test_cases, functions)]
     return float(tf.possible), checks
+
+
+def _aspects(body: str) -> frozenset:
+    """What a check inspects on the objects an answer was given or made, once the answer has returned.
+
+    The record holds all of it; the verdict compares what the check itself looks at, so a check of
+    values does not fail for a hook left behind (the check of hooks does).
+    """
+    found = set()
+    if re.search(r"\.grad\b|backward\(", body):
+        found.add("grad")
+    if re.search(r"_(forward|forward_pre|backward)_hooks", body):
+        found.add("hooks")
+    if re.search(r"running_|state_dict|\.training|parameters\(|buffers\(|\.weight|\.bias", body):
+        found.add("state")
+    return frozenset(found)
 
 
 # --- kernels ---------------------------------------------------------------------------------------------
@@ -326,7 +348,22 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _verdict(record: dict | None, reference: dict) -> tuple[bool, str]:
+def _post_view(post: list, looks_at: frozenset) -> list:
+    """The parts of the objects' final state that the check looks at (modules: training modes and
+    state, gradients, hooks; tensors: gradients)."""
+    view = []
+    for item in post:
+        if isinstance(item, (list, tuple)) and len(item) == 5 and item[0] == "module":
+            _, training, state, grads, hooks = item
+            view.append(("module", training if "state" in looks_at else None, state if "state" in looks_at else None,
+                         grads if "grad" in looks_at else None, hooks if "hooks" in looks_at else None))
+        else:
+            view.append(item if "grad" in looks_at else None)
+    return view
+
+
+def _verdict(record: dict | None, reference: dict, looks_at: frozenset = frozenset({"grad", "hooks", "state"})
+             ) -> tuple[bool, str]:
     """(passed, why not) for one check; only the grader's comparison can pass it."""
     if record is None:
         return False, "no result (the check did not finish)"
@@ -335,7 +372,8 @@ def _verdict(record: dict | None, reference: dict) -> tuple[bool, str]:
         return False, "; ".join(record["forbidden"])
     if kind == "error":
         return False, message
-    if not _same(record["events"], reference["events"]) or not _same(record["post"], reference["post"]):
+    if len(record["post"]) != len(reference["post"]) or not _same(record["events"], reference["events"]) or \
+            not _same(_post_view(record["post"], looks_at), _post_view(reference["post"], looks_at)):
         return False, message or "the answer's outputs differ from the expected values"
     return True, ""
 
@@ -395,7 +433,7 @@ def grade_notebook(notebook: str | Path, solutions_dir: str | Path | None = None
     for check in checks:
         question = questions[check.question]
         record = records.get(check.key)
-        passed, why = _verdict(record, references[check.key])
+        passed, why = _verdict(record, references[check.key], check.looks_at)
         if passed:
             question.score += check.points
         elif check.hidden:
