@@ -161,8 +161,9 @@ def test_the_warm_up_import_is_not_held_to_the_cell_or_question_limit(tmp_path, 
     from kd_ref.grading import grade
     monkeypatch.setattr(grade, "_WARM_UP", "import time; time.sleep(2); print('warmed up')")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('learner')")])
-    grade._run(nb, tmp_path / "one_cell.ipynb", [], {}, cell_timeout=0.5, question_timeout=0.5)
-    learner, warm_up = nb.cells
+    report = grade.GradeReport("one_cell", [])
+    grade._run_learner(nb, tmp_path / "one_cell.ipynb", [], 0, "none", report, {}, 0.5, 0.5, False, None, 0)
+    learner, warm_up = nb.cells[0], nb.cells[1]
     assert [out.get("text") for out in warm_up.outputs] == ["warmed up\n"], warm_up.outputs
     assert [out.get("text") for out in learner.outputs] == ["learner\n"], learner.outputs
 
@@ -171,7 +172,8 @@ def test_the_warm_up_runs_first_and_leaves_the_learners_namespace_alone(tmp_path
     from kd_ref.grading import grade
     probe = "import sys; print('torch' in sys.modules, [n for n in dir() if 'kd' in n or n in ('torch', 'otter')])"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(probe)])
-    grade._run(nb, tmp_path / "probe.ipynb", [], {}, cell_timeout=60, question_timeout=60)
+    grade._run_learner(nb, tmp_path / "probe.ipynb", [], 0, "none", grade.GradeReport("probe", []), {}, 60, 60,
+                       False, None, 0)
     assert [out.get("text") for out in nb.cells[0].outputs] == ["True []\n"], nb.cells[0].outputs
     assert nb.cells[1].outputs == [], nb.cells[1].outputs
 

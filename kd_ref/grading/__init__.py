@@ -7,5 +7,7 @@ against the master's tests, locally, with a time limit per question.
 """
 from .assign import build_exercises, learner_notebook, master_for, question_tests
 from .grade import GradeReport, grade_notebook
+from .gradebook import Gradebook, grade_folder
 
-__all__ = ["build_exercises", "learner_notebook", "master_for", "question_tests", "GradeReport", "grade_notebook"]
+__all__ = ["build_exercises", "learner_notebook", "master_for", "question_tests", "GradeReport", "grade_notebook",
+           "Gradebook", "grade_folder"]
