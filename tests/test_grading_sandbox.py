@@ -15,6 +15,8 @@ import pytest
 from kd_ref.grading import grade_folder, grade_notebook, sandbox
 from kd_ref.grading.assign import REPO, SOLUTIONS
 
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
+
 EX02 = SOLUTIONS / "ex02_kd_loss.ipynb"
 
 

@@ -16,6 +16,8 @@ from kd_ref.grading import grade_notebook
 from kd_ref.grading.assign import EXERCISES, SOLUTIONS
 from test_grading import with_answer
 
+pytestmark = pytest.mark.slow   # kernels or subprocesses: `make test`, not `make unit`
+
 EX01 = SOLUTIONS / "ex01_softmax_temperature.ipynb"
 EX02 = SOLUTIONS / "ex02_kd_loss.ipynb"
 
