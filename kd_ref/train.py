@@ -187,11 +187,12 @@ def fit(distiller: Distiller, batches, *, epochs: int = 1, lr: float | Schedule 
     sums: dict[str, torch.Tensor] = {}              # summed on the device: no sync per step
     n_sum, interval_lr = 0, None
     seconds = state.history[-1]["train_seconds"] if state.history else 0.0
+    done_in_epoch = state.skip                       # batches of the first epoch trained before a resume
     for epoch in range(state.epoch, epochs):
-        if checkpoint is not None and state.skip == 0:
+        if checkpoint is not None and done_in_epoch == 0:
             state.batches = batches.state_dict()     # the order of this epoch, for a resume inside it
         for i, (x, y) in enumerate(batches):
-            if i < state.skip:
+            if i < done_in_epoch:
                 continue                             # trained before the run was resumed
             start = time.perf_counter()
             distiller.train()
@@ -233,8 +234,7 @@ def fit(distiller: Distiller, batches, *, epochs: int = 1, lr: float | Schedule 
                     state.batches = batches.state_dict()
                 state.model, state.optimizer, state.rng = _trainable_state(distiller), opt.state_dict(), rng_state()
                 state.save(checkpoint)
-        if checkpoint is None:
-            state.epoch, state.skip = epoch + 1, 0
+        done_in_epoch = 0
     bar.close()
     opt.zero_grad(set_to_none=True)   # free the gradients' memory; the model comes back clean
     return state.history
