@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test unit lab demo env clean-env
+.PHONY: test unit lab demo env clean-env reproduce save-lessons
 
 env: $(STAMP)
 
@@ -36,3 +36,12 @@ demo: $(STAMP)
 
 clean-env:
 	rm -rf $(VENV)
+
+# Re-run the lessons' studies under KD_PROFILE=cpu in a scratch copy and compare every result row
+# with the committed notebooks/results/*.cpu.json: `make reproduce` (all) or `make reproduce LESSON=03`.
+reproduce: $(STAMP)
+	$(PY) -m kd_ref.lesson reproduce $(LESSON)
+
+# Save lessons as real runs (maintainers): execute in place under KD_PROFILE=cpu, write their results files.
+save-lessons: $(STAMP)
+	$(PY) -m kd_ref.lesson save $(LESSON)
