@@ -1,0 +1,158 @@
+"""The lessons' saved outputs are real runs, their results files are current, and no result is typed by hand.
+
+See ``kd_ref/lesson.py`` for the machinery and the README ("Real runs, checked") for the policy.
+"""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kd_ref.lesson import Lesson, compare, fingerprint, notebook_code
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+GENERATED_DATA = {"06_cifar10"}          # saved from generated CIFAR-sized data, and says so
+# A result-like number in prose: a percentage, a ± spread, or bits per character.
+RESULT_NUMBER = re.compile(r"[-+−]?\d[\d,]*(?:\.\d+)?\s*(?:%|±\s*\d[\d.]*|bits(?:/| per )char)")
+
+
+def _cells(path):
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def _outputs_text(cells) -> str:
+    texts = []
+    for cell in cells:
+        for out in cell.get("outputs", []):
+            texts.append("".join(out.get("text", "")))
+            texts.append("".join(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(texts)
+
+
+def test_there_are_lessons():
+    assert len(LESSONS) >= 8
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem[:2])
+def test_saved_outputs_are_a_real_run(path):
+    cells = _cells(path)
+    code = [c for c in cells if c["cell_type"] == "code"]
+    first = "".join("".join(o.get("text", "")) for o in code[0]["outputs"])
+    assert first.startswith(f"lesson {path.stem} | profile "), "the first output must be the lesson header"
+    for needed in ("machine:", "cores", "torch", "run:", "commit"):
+        assert needed in first, f"the header lacks {needed!r}"
+    expected = "smoke" if path.stem in GENERATED_DATA else "cpu"
+    assert f"| profile {expected} |" in first, f"{path.name} must be saved from a KD_PROFILE={expected} run"
+    if path.stem in GENERATED_DATA:
+        assert "generated" in first
+    text = _outputs_text(cells)
+    assert "numbers not meaningful" not in text
+    assert "wall time of this run:" in text, "the run must end with lesson.finish() (the wall time)"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem[:2])
+def test_markdown_reports_no_number_the_outputs_do_not_show(path):
+    cells = _cells(path)
+    shown = _outputs_text(cells)
+    missing = []
+    for cell in cells:
+        if cell["cell_type"] != "markdown":
+            continue
+        for match in RESULT_NUMBER.finditer("".join(cell["source"])):
+            number = re.match(r"[-+−]?\d[\d,]*(?:\.\d+)?", match.group(0)).group(0).lstrip("+-−")
+            if number not in shown:
+                missing.append(match.group(0))
+    assert not missing, f"{path.name}: result-like numbers in markdown that no saved output shows: {missing}"
+
+
+def test_results_files_match_their_notebooks():
+    """A committed results file whose settings or notebook code changed since it was written is stale."""
+    run = subprocess.run([sys.executable, "-m", "kd_ref.lesson", "check", "--notebooks", str(NOTEBOOKS)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("path", sorted((NOTEBOOKS / "results").glob("[0-9][0-9]_*.cpu.json")), ids=lambda p: p.stem)
+def test_results_files_are_what_the_saved_lesson_shows(path):
+    """The file was written by the saved run: same commit and date as the notebook's header."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved["profile"] == "cpu" and saved["studies"]
+    for key in ("cpu", "cores", "torch", "commit", "seconds", "date"):
+        assert key in saved["provenance"]
+    header = "".join(o.get("text", "") for o in
+                     [c for c in _cells(NOTEBOOKS / f"{saved['lesson']}.ipynb") if c["cell_type"] == "code"][0]["outputs"])
+    assert f"commit {saved['provenance']['commit']}" in header and saved["provenance"]["date"] in header
+
+
+# -- the machinery itself -------------------------------------------------------------------------
+def _payload(cpu, values, lesson="99_demo"):
+    rows = [{"seed": s, "name": "student_kd", "metric": "accuracy", "value": v} for s, v in enumerate(values)]
+    return {"lesson": lesson, "provenance": {"cpu": cpu, "date": "2026-12-03 10:00 UTC"}, "studies": {"main": rows}}
+
+
+def test_compare_is_exact_on_the_same_cpu():
+    _, ok = compare(_payload("A", [0.9, 0.8]), _payload("A", [0.9, 0.8]))
+    assert ok
+    lines, ok = compare(_payload("A", [0.9, 0.8]), _payload("A", [0.9, 0.8000001]))
+    assert not ok and any("DIFFERS" in line for line in lines)
+
+
+def test_compare_on_another_cpu_allows_two_standard_errors():
+    saved = _payload("A", [0.90, 0.92, 0.94])                     # mean 0.92, se 0.01155
+    _, ok = compare(saved, _payload("B", [0.91, 0.93, 0.95]))     # mean 0.93: within 2 * sqrt(2) * se
+    assert ok
+    _, ok = compare(saved, _payload("B", [0.97, 0.99, 1.01]))     # mean 0.99: far outside
+    assert not ok
+
+
+def test_compare_flags_missing_rows_and_studies():
+    saved = _payload("A", [0.9, 0.8])
+    rerun = _payload("A", [0.9])
+    assert not compare(saved, rerun)[1]
+    rerun = {**saved, "studies": {}}
+    assert not compare(saved, rerun)[1]
+
+
+def test_fingerprint_changes_with_settings_and_code_not_with_markdown(tmp_path):
+    def notebook(code, markdown):
+        nb = {"cells": [{"cell_type": "markdown", "source": markdown, "metadata": {}},
+                        {"cell_type": "code", "source": code, "metadata": {}, "outputs": []}],
+              "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        path = tmp_path / "nb.ipynb"
+        path.write_text(json.dumps(nb))
+        return notebook_code(path)
+
+    base = fingerprint({"epochs": 10}, notebook("x = 1\n", "# text"))
+    assert base == fingerprint({"epochs": 10}, notebook("x = 1   \n", "# other text"))
+    assert base != fingerprint({"epochs": 11}, notebook("x = 1\n", "# text"))
+    assert base != fingerprint({"epochs": 10}, notebook("x = 2\n", "# text"))
+
+
+def test_lesson_records_and_writes_its_results(tmp_path, capsys):
+    nb = {"cells": [{"cell_type": "code", "source": "pass", "metadata": {}, "outputs": []}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "99_demo.ipynb").write_text(json.dumps(nb))
+    lesson = Lesson("99_demo", data="toy", profile="smoke", notebook=tmp_path / "99_demo.ipynb")
+    lesson.header()
+    with pytest.raises(RuntimeError, match="settings"):
+        lesson.fingerprint
+    lesson.settings(epochs=3)
+    lesson.record_scores("main", 0, {"student_kd": {"accuracy": 0.5, "fidelity": 0.75}})
+    with pytest.raises(ValueError, match="twice"):
+        lesson.record("main", 0, "student_kd", "accuracy", 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        lesson.record("main", 1, "student_kd", "accuracy", float("nan"))
+    with pytest.raises(ValueError, match="JSON"):
+        lesson.settings(config=object())
+    path = lesson.finish()
+    saved = json.loads(path.read_text())
+    assert path == tmp_path / "results" / "99_demo.smoke.json"
+    assert saved["settings"] == {"epochs": 3} and saved["fingerprint"] == fingerprint({"epochs": 3}, ["pass"])
+    assert saved["studies"]["main"] == [{"seed": 0, "name": "student_kd", "metric": "accuracy", "value": 0.5},
+                                        {"seed": 0, "name": "student_kd", "metric": "fidelity", "value": 0.75}]
+    out = capsys.readouterr().out
+    assert out.startswith("lesson 99_demo | profile smoke | data: toy") and "wall time of this run" in out
