@@ -76,6 +76,13 @@ def git_commit(where: str | os.PathLike = ".") -> str:
         return "unknown"
 
 
+def provenance(where: str | os.PathLike | None = None) -> dict:
+    """Where and when a run happened: CPU model and cores, torch, Python, UTC date, commit."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+            "commit": git_commit(where if where is not None else Path(__file__).resolve().parent)}
+
+
 def notebook_code(path: str | os.PathLike) -> list[str]:
     """The source of every code cell of the notebook at ``path``, trailing spaces removed."""
     cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
@@ -171,10 +178,8 @@ class Lesson:
         if self.studies:
             payload = {
                 "lesson": self.name, "profile": self.profile, "data": self.data,
-                "provenance": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": self.device,
-                               "torch": torch.__version__, "python": platform.python_version(),
-                               "date": f"{self.date:%Y-%m-%d %H:%M} UTC", "commit": self.commit,
-                               "seconds": round(seconds, 1)},
+                "provenance": {**provenance(), "device": self.device, "date": f"{self.date:%Y-%m-%d %H:%M} UTC",
+                               "commit": self.commit, "seconds": round(seconds, 1)},
                 "settings": self._settings, "fingerprint": self.fingerprint,
                 "studies": self.studies,
             }

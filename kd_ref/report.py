@@ -173,7 +173,17 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def write_json(path: str | os.PathLike, *, profile: str, data: str, device: str, seconds: float,
-               rows: list[dict]) -> None:
-    """Write the recipe's results in the shared JSON shape (keys in the contract's order)."""
-    result = {"profile": profile, "data": data, "device": device, "seconds": round(seconds, 1), "rows": rows}
+               rows: list[dict], settings: dict | None = None) -> None:
+    """Write the recipe's results in the shared JSON shape (keys in the contract's order).
+
+    After the contract's keys come the run's ``provenance`` (CPU model and cores, torch,
+    Python, date, commit) and, when ``settings`` are given, the settings and their
+    ``fingerprint`` (:func:`kd_ref.lesson.fingerprint`), so a committed results file can be
+    checked against the settings of the code as it is now.
+    """
+    from .lesson import fingerprint, provenance
+    result = {"profile": profile, "data": data, "device": device, "seconds": round(seconds, 1), "rows": rows,
+              "provenance": provenance()}
+    if settings is not None:
+        result.update(settings=settings, fingerprint=fingerprint(settings, []))
     Path(path).write_text(json.dumps(result, indent=2) + "\n")

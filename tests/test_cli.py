@@ -27,7 +27,9 @@ def test_digits_smoke_writes_the_json_contract(smoke, tmp_path, capsys):
     path = tmp_path / "digits.json"
     assert main(["digits", "--seeds", "1", "--json", str(path)]) == 0
     result = json.loads(path.read_text())
-    assert list(result) == ["profile", "data", "device", "seconds", "rows"]
+    assert list(result)[:5] == ["profile", "data", "device", "seconds", "rows"]     # the contract, then:
+    assert {"cpu", "cores", "torch", "commit", "date"} <= set(result["provenance"])
+    assert result["settings"]["seeds"] == 1 and len(result["fingerprint"]) == 16
     assert result["profile"] == "smoke" and result["device"] == "cpu" and "digits" in result["data"]
     assert result["seconds"] > 0
     for row in result["rows"]:
