@@ -375,12 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("save", help="execute lessons in place under KD_PROFILE=cpu: the saved outputs and results files")
     s.add_argument("lessons", nargs="+", help="lesson numbers or name prefixes")
     s.add_argument("--notebooks", type=Path, default=Path("notebooks"))
+    s.add_argument("--profile", default="cpu", help="the profile to save under (lesson 06: smoke, generated data)")
     args = parser.parse_args(argv)
     if args.command == "save":
         for path in sorted(args.notebooks.resolve().glob("[0-9][0-9]_*.ipynb")):
             if any(path.name.startswith(prefix) for prefix in args.lessons):
-                print(f"{path.name}: executing under KD_PROFILE=cpu ...", flush=True)
-                print(f"{path.name}: saved in {_minutes(execute(path))}", flush=True)
+                print(f"{path.name}: executing under KD_PROFILE={args.profile} ...", flush=True)
+                print(f"{path.name}: saved in {_minutes(execute(path, args.profile))}", flush=True)
         return 0
     if args.command == "check":
         problems = check(args.notebooks.resolve())

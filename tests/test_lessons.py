@@ -156,3 +156,30 @@ def test_lesson_records_and_writes_its_results(tmp_path, capsys):
                                         {"seed": 0, "name": "student_kd", "metric": "fidelity", "value": 0.75}]
     out = capsys.readouterr().out
     assert out.startswith("lesson 99_demo | profile smoke | data: toy") and "wall time of this run" in out
+
+
+# -- the README's result tables are the committed recipe runs -----------------------------------
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(title)
+    end = text.find("\n## ", start + len(title))
+    return text[start:end if end != -1 else None]
+
+
+def test_readme_digits_table_is_the_committed_run():
+    from kd_ref.recipes.digits import CONFIGS, recipe_settings
+
+    saved = json.loads((NOTEBOOKS / "results" / "digits_recipe.cpu.json").read_text(encoding="utf-8"))
+    assert saved["fingerprint"] == fingerprint(recipe_settings(CONFIGS["cpu"], saved["settings"]["seeds"]), []), \
+        "the digits recipe's cpu settings changed: re-run `kd-ref digits --seeds 5 --json " \
+        "notebooks/results/digits_recipe.cpu.json` and update the README"
+    section = _readme_section("## Run the digits demo")
+    rows = {(r["name"], r["metric"]): r for r in saved["rows"]}
+    names = sorted({r["name"] for r in saved["rows"]})
+    for name in names:
+        line = next(line for line in section.splitlines() if line.startswith(name + " "))
+        shown = re.findall(r"\d+\.\d ± \d+\.\d|(?<=\s)-(?=\s|$)", line)
+        expected = [f"{100 * rows[name, m]['mean']:.1f} ± {100 * rows[name, m]['std']:.1f}" if (name, m) in rows else "-"
+                    for m in ("accuracy", "fidelity", "ece")]
+        assert shown == expected, f"README digits table, {name}: {shown} != committed {expected}"
+    assert f"{saved['seconds']:.0f} s" in section
