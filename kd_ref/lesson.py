@@ -342,7 +342,7 @@ def execute(notebook: Path, profile: str = "cpu", results_dir: Path | None = Non
     from nbclient import NotebookClient
 
     env_before = dict(os.environ)
-    os.environ.update(KD_PROFILE=profile, MPLBACKEND="Agg")
+    os.environ.update(KD_PROFILE=profile)          # the kernel keeps its inline backend: figures are saved
     if results_dir is not None:
         os.environ["KD_RESULTS_DIR"] = str(results_dir)
     start = time.perf_counter()
