@@ -395,4 +395,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run kd_ref.lesson's own main, not this __main__ copy of the module: a notebook's
+    # `from kd_ref.lesson import Lesson` raises kd_ref.lesson.SettingsCaptured, which only
+    # kd_ref.lesson.read_settings catches (the class of __main__ is another class).
+    from kd_ref import lesson as _lesson
+    sys.exit(_lesson.main())
