@@ -171,10 +171,10 @@ class Lesson:
             for metric, value in metrics.items():
                 self.record(study, seed, name, metric, value)
 
-    def finish(self) -> Path:
-        """Write the results file and print where, with the wall time of the whole run."""
+    def finish(self) -> None:
+        """Write the results file (:attr:`results_path`) and print where, with the wall time of the whole run."""
         seconds = time.perf_counter() - self.started
-        path = self.results_dir / f"{self.name}.{self.profile}.json"
+        path = self.results_path
         if self.studies:
             payload = {
                 "lesson": self.name, "profile": self.profile, "data": self.data,
@@ -189,7 +189,11 @@ class Lesson:
             print(f"results: {n} numbers of {len(self.studies)} stud{'y' if len(self.studies) == 1 else 'ies'} "
                   f"written to {RESULTS_DIR}/{path.name}")
         print(f"wall time of this run: {_minutes(seconds)} (profile {self.profile}, {os.cpu_count()} cores)")
-        return path
+
+    @property
+    def results_path(self) -> Path:
+        """Where :meth:`finish` writes the results: ``<results_dir>/<lesson>.<profile>.json``."""
+        return self.results_dir / f"{self.name}.{self.profile}.json"
 
 
 # -- checking and reproducing --------------------------------------------------------------------

@@ -83,8 +83,8 @@ def test_results_files_are_what_the_saved_lesson_shows(path):
     assert saved["profile"] == "cpu" and saved["studies"]
     for key in ("cpu", "cores", "torch", "commit", "seconds", "date"):
         assert key in saved["provenance"]
-    header = "".join(o.get("text", "") for o in
-                     [c for c in _cells(NOTEBOOKS / f"{saved['lesson']}.ipynb") if c["cell_type"] == "code"][0]["outputs"])
+    first = [c for c in _cells(NOTEBOOKS / f"{saved['lesson']}.ipynb") if c["cell_type"] == "code"][0]
+    header = _outputs_text([first])
     assert f"commit {saved['provenance']['commit']}" in header and saved["provenance"]["date"] in header
 
 
@@ -148,7 +148,8 @@ def test_lesson_records_and_writes_its_results(tmp_path, capsys):
         lesson.record("main", 1, "student_kd", "accuracy", float("nan"))
     with pytest.raises(ValueError, match="JSON"):
         lesson.settings(config=object())
-    path = lesson.finish()
+    assert lesson.finish() is None                  # nothing for a notebook to echo
+    path = lesson.results_path
     saved = json.loads(path.read_text())
     assert path == tmp_path / "results" / "99_demo.smoke.json"
     assert saved["settings"] == {"epochs": 3} and saved["fingerprint"] == fingerprint({"epochs": 3}, ["pass"])
