@@ -425,6 +425,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"kd-ref text | profile {profile} | device {device} | seeds 0..{args.seeds - 1}")
     print(f"data: {data}")
+    if device.type == "cpu":
+        print(f"torch threads: {torch.get_num_threads()}")
     print(f"teacher CharGPT({_describe(teacher_config)}): {teacher_params:,} parameters; "
           f"student CharGPT({_describe(student_config)}): {student_params:,} parameters "
           f"({teacher_params / student_params:.1f}x fewer)")
