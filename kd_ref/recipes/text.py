@@ -116,7 +116,7 @@ CONFIGS = {
     "smoke": TextConfig(context=32, teacher_layers=2, teacher_width=32, student_layers=1, student_width=16,
                         n_head=2, batch_size=16, teacher_steps=120, student_steps=80, lr=1e-2, warmup=10,
                         eval_every=20, val_chars=3000, sample_chars=60),
-    "cpu": TextConfig(),
+    "cpu": TextConfig(ce_weight=0.0),   # student_lr, T, kd_weight, ce_weight: notebooks/results/text_selection.cpu.json
     "gpu": TextConfig(context=256, teacher_layers=6, teacher_width=384, student_layers=3, student_width=192,
                       n_head=6, batch_size=64, teacher_steps=5000, student_steps=2500, lr=1e-3,
                       student_lr=2e-3, warmup=200, eval_every=250),
