@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import kd_ref
-from kd_ref.data.text import (CharVocab, RandomCrops, ValidationWindows, bits_per_char, load_text,
+from kd_ref.data.text import (CharVocab, RandomCrops, ValidationWindows, bits_per_char, first_chars, load_text,
                               split_text)
 from kd_ref.models import CharGPT, GPTConfig, count_parameters
 from kd_ref.distillers import LogitKD, Scratch
@@ -207,24 +207,67 @@ def test_vocabulary_is_the_sorted_characters_and_round_trips(corpus):
 
 def test_split_is_disjoint_complete_contiguous_and_seeded():
     ids = torch.arange(10_000)
-    split = split_text(ids, context=16, val_fraction=0.1, n_blocks=100, seed=0)
-    assert len(split.train) == 90 and len(split.val) == 10
-    assert not set(split.train_blocks) & set(split.val_blocks)
-    assert sorted(split.train_blocks + split.val_blocks) == list(range(100))
+    split = split_text(ids, context=16, val_fraction=0.1, n_blocks=100, seed=0)     # test_fraction 0.1 by default
+    assert len(split.train) == 80 and len(split.val) == 10 and len(split.test) == 10
+    parts = [set(split.train_blocks), set(split.val_blocks), set(split.test_blocks)]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]   # disjoint
+    assert sorted(split.train_blocks + split.val_blocks + split.test_blocks) == list(range(100))   # cover it all
     assert torch.equal(torch.cat([ids[slice(*split.bounds[i])] for i in range(100)]), ids)   # blocks tile the text
-    for block in split.train + split.val:
-        assert torch.equal(block, torch.arange(block[0], block[0] + len(block)))          # contiguous
-    assert split.n_train + split.n_val == 10_000
+    for blocks, numbers in ((split.train, split.train_blocks), (split.val, split.val_blocks),
+                            (split.test, split.test_blocks)):
+        assert numbers == sorted(numbers)
+        for block, i in zip(blocks, numbers):
+            assert torch.equal(block, ids[slice(*split.bounds[i])])                     # contiguous, in place
+    assert split.n_train + split.n_val + split.n_test == 10_000
+    assert split.n_test == sum(len(b) for b in split.test) > 0
     again, other = split_text(ids, 16, seed=0), split_text(ids, 16, seed=1)
-    assert again.val_blocks == split.val_blocks and other.val_blocks != split.val_blocks
+    assert (again.val_blocks, again.test_blocks, again.train_blocks) == (split.val_blocks, split.test_blocks,
+                                                                         split.train_blocks)   # the same every run
+    assert other.val_blocks != split.val_blocks and other.test_blocks != split.test_blocks
+
+
+def test_the_test_blocks_come_from_the_training_side_only():
+    ids = torch.arange(10_000)
+    with_test = split_text(ids, 16, seed=0, test_fraction=0.2)
+    without = split_text(ids, 16, seed=0, test_fraction=0.0)
+    assert without.test == [] and without.test_blocks == [] and without.n_test == 0
+    assert len(without.train) == 90 and len(with_test.test) == 20 and len(with_test.train) == 70
+    assert with_test.val_blocks == without.val_blocks                      # validation does not move
+    assert set(with_test.test_blocks) <= set(without.train_blocks)
 
 
 def test_split_of_a_short_text_uses_fewer_blocks_and_refuses_a_too_short_one():
     split = split_text(torch.arange(100), context=16)                     # 100 // 17 = 5 blocks
-    assert len(split.train) + len(split.val) == 5 and len(split.val) == 1
-    assert all(len(b) >= 17 for b in split.train + split.val)
+    assert (len(split.train), len(split.val), len(split.test)) == (3, 1, 1)
+    assert all(len(b) >= 17 for b in split.train + split.val + split.test)
+    three = split_text(torch.arange(60), context=16, val_fraction=0.5, test_fraction=0.4)   # 3 blocks: one each
+    assert (len(three.train), len(three.val), len(three.test)) == (1, 1, 1)
+    with pytest.raises(ValueError, match="too short for context 16: need at least 51"):
+        split_text(torch.arange(50), context=16)
+    assert len(split_text(torch.arange(50), context=16, test_fraction=0).val) == 1          # two parts fit
     with pytest.raises(ValueError, match="too short for context 16: need at least 34"):
-        split_text(torch.arange(33), context=16)
+        split_text(torch.arange(33), context=16, test_fraction=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(val_fraction=0.0), "val_fraction must be in \\(0, 1\\)"),
+    (dict(val_fraction=1.0), "val_fraction must be in \\(0, 1\\)"),
+    (dict(test_fraction=-0.1), "test_fraction must be in \\[0, 1\\)"),
+    (dict(test_fraction=1.0), "test_fraction must be in \\[0, 1\\)"),
+    (dict(val_fraction=0.5, test_fraction=0.5), "val_fraction \\+ test_fraction must be below 1"),
+])
+def test_split_refuses_bad_fractions(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        split_text(torch.arange(10_000), context=16, **kwargs)
+
+
+def test_first_chars_keeps_the_first_characters_of_the_blocks():
+    blocks = [torch.arange(0, 100), torch.arange(200, 300)]
+    assert first_chars(blocks, None, context=8) == blocks
+    kept = first_chars(blocks, 150, context=8)
+    assert [b.tolist() for b in kept] == [list(range(100)), list(range(200, 250))]
+    assert [len(b) for b in first_chars(blocks, 105, context=8)] == [100]      # a piece of <= context dropped
+    assert [len(b) for b in first_chars(blocks, 5, context=8)] == [5]          # the first block always stays
 
 
 def test_random_crops_are_seeded_shifted_by_one_and_inside_one_block():
@@ -240,7 +283,7 @@ def test_random_crops_are_seeded_shifted_by_one_and_inside_one_block():
     for x, y in batches:
         window = torch.cat([x, y[:, -1:]], dim=1)                          # (B, T + 1)
         assert (window.diff(dim=1) == 1).all()                            # contiguous in the corpus
-        assert set(window.flatten().tolist()) <= train_ids                 # never validation text
+        assert set(window.flatten().tolist()) <= train_ids                 # never held-out text
     replay = list(RandomCrops(split.train, 8, 16, 5, seed=3))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, replay))
     assert not torch.equal(next(iter(RandomCrops(split.train, 8, 16, 5, seed=4)))[0], batches[0][0])

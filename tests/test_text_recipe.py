@@ -5,13 +5,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from kd_ref.cli import main
-from kd_ref.recipes.text import CONFIGS, METHODS, kd_effect, learning_rate
+from kd_ref.recipes.text import CONFIGS, METHODS, SELECTED, SELECTION_GRIDS, kd_effect, learning_rate
 
 
 pytestmark = pytest.mark.usefixtures("restore_threads")   # tests/conftest.py
@@ -25,16 +26,72 @@ def test_text_smoke_writes_the_json_contract_and_prints_the_study(tmp_path, caps
     assert list(result)[:5] == ["profile", "data", "device", "seconds", "rows"]   # the contract, then provenance
     assert result["profile"] == "smoke" and result["device"] == "cpu" and result["seconds"] > 0
     assert result["data"].startswith("pydoc_data.topics (CPython's help texts")
-    assert [r["name"] for r in result["rows"]] == ["teacher", *METHODS]
+    names = ["teacher", *METHODS]
+    assert [(r["name"], r["metric"]) for r in result["rows"]] == ([(n, "val_bits_per_char") for n in names]
+                                                                  + [(n, "test_bits_per_char") for n in names])
     for row in result["rows"]:
         assert list(row) == ["name", "metric", "mean", "std", "n"]
-        assert row["metric"] == "bits_per_char" and row["n"] == 2
+        assert row["n"] == 2
         assert 0.0 < row["mean"] < 7.0 and row["std"] >= 0.0          # below log2(103) = 6.69 after training
+    assert "/ test 46,499 characters (80 / 10 / 10 contiguous blocks" in result["data"]
     printed = capsys.readouterr().out
     assert "kd-ref text | profile smoke | device cpu | seeds 0..1" in printed
     assert "473,472" not in printed and "33,088 parameters" in printed  # the smoke teacher, not the cpu one
-    assert "Effects on validation bits/char" in printed and "2 seeds):" in printed and "95 % CI" in printed
+    assert "val bits/char  test bits/char" in printed
+    assert "Effects on test bits/char" in printed and "2 seeds):" in printed and "95 % CI" in printed
     assert "Samples (seed 0" in printed and "numbers not meaningful" in printed
+
+
+@pytest.mark.slow
+def test_text_select_tries_the_grid_on_validation_and_writes_every_candidate(tmp_path, capsys, monkeypatch):
+    import kd_ref.data.text as data
+    scored = []                                  # the number of windows of every evaluation: never the test ones
+    real = data.bits_per_char
+    monkeypatch.setattr("kd_ref.recipes.text.bits_per_char",
+                        lambda model, windows, device="cpu": scored.append(windows.n_targets) or real(model, windows, device))
+    out = tmp_path / "selection.json"
+    assert main(["text", "--profile", "smoke", "--select", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    grid = SELECTION_GRIDS["smoke"]
+    assert result["profile"] == "smoke" and result["seed"] == 0 and result["split_seed"] == 0
+    assert result["config"] == asdict(CONFIGS["smoke"])
+    candidates = result["candidates"]
+    assert len(candidates) == grid.size() == 9
+    lrs = [c for c in candidates if c["stage"] == "student_lr"]
+    kds = [c for c in candidates if c["stage"] == "kd"]
+    assert [c["student_lr"] for c in lrs] == list(grid.student_lr) and {c["student"] for c in lrs} == {"student_scratch"}
+    best_lr = min(lrs, key=lambda c: c["val_bits_per_char"])["student_lr"]
+    assert [(c["T"], c["kd_weight"], c["ce_weight"]) for c in kds] == [(T, kd, ce) for T in grid.T
+                                                                        for kd, ce in grid.weights]
+    assert {c["student_lr"] for c in kds} == {best_lr}
+    best = min(kds, key=lambda c: c["val_bits_per_char"])
+    assert result["chosen"] == {k: best[k] for k in SELECTED}
+    assert scored and set(scored) == {3000 - 1}     # validation only: its first 3,000 characters, one block
+    printed = capsys.readouterr().out
+    assert "kd-ref text --select | profile smoke" in printed and "chosen: student_lr" in printed
+
+
+def test_select_refuses_checkpoints(capsys):
+    assert main(["text", "--profile", "smoke", "--select", "--checkpoints", "ck"]) == 2
+    assert "--select does not save or resume checkpoints" in capsys.readouterr().err
+
+
+def test_the_cpu_config_holds_the_choices_of_the_committed_selection_run():
+    """``notebooks/results/text_selection.cpu.json`` is a real ``kd-ref text --profile cpu --select`` run."""
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "results" / "text_selection.cpu.json"
+    selection = json.loads(path.read_text())
+    config = CONFIGS["cpu"]
+    assert selection["profile"] == "cpu" and selection["seed"] == 0
+    for field in SELECTED:                              # the chosen settings are the study's settings
+        assert getattr(config, field) == selection["chosen"][field], field
+    for field, value in asdict(config).items():         # and the rest is what the selection ran with
+        if field not in SELECTED:
+            assert selection["config"][field] == value, f"{field}: rerun kd-ref text --profile cpu --select"
+    grid = SELECTION_GRIDS["cpu"]
+    assert len(selection["candidates"]) == grid.size()
+    kds = [c for c in selection["candidates"] if c["stage"] == "kd"]
+    assert {c["T"] for c in kds} >= {1.0, 2.0, 4.0} and len({(c["kd_weight"], c["ce_weight"]) for c in kds}) >= 2
+    assert selection["chosen"] == {k: min(kds, key=lambda c: c["val_bits_per_char"])[k] for k in SELECTED}
 
 
 @pytest.mark.slow
@@ -72,10 +129,14 @@ def test_a_text_too_short_for_the_context_is_refused(tmp_path, capsys):
     assert "too short for context 32" in capsys.readouterr().err
 
 
-def _runs(pairs):
-    """Per-seed results with the given (scratch, kd) bits per character; teacher 2.0, hidden = kd - 0.1."""
-    return [{"teacher": {"bits_per_char": 2.0}, "student_scratch": {"bits_per_char": s},
-             "student_kd": {"bits_per_char": k}, "student_kd_hidden_attn": {"bits_per_char": k - 0.1}}
+def _runs(pairs, metric="test_bits_per_char"):
+    """Per-seed results with the given (scratch, kd) bits per character; teacher 2.0, hidden = kd - 0.1.
+
+    The other split's metric holds a constant 9.0 for every model, so a report that read it would show no gap.
+    """
+    other = "val_bits_per_char" if metric == "test_bits_per_char" else "test_bits_per_char"
+    return [{"teacher": {metric: 2.0, other: 9.0}, "student_scratch": {metric: s, other: 9.0},
+             "student_kd": {metric: k, other: 9.0}, "student_kd_hidden_attn": {metric: k - 0.1, other: 9.0}}
             for s, k in pairs]
 
 
@@ -83,6 +144,7 @@ def test_kd_effect_reports_paired_differences_with_t_intervals_and_the_gap_close
     # kd - scratch = -0.3, -0.4, -0.5: mean -0.4, sd 0.1, se 0.1 / sqrt(3) = 0.0577; t(0.975, 2) = 4.3027
     # (tables), so the 95 % interval is -0.4 ± 0.248 = [-0.648, -0.152]: below 0, fewer bits: KD helps.
     text = kd_effect(_runs([(2.5, 2.2), (3.0, 2.6), (3.5, 3.0)]))
+    assert text.startswith("Effects on test bits/char (lower is better")
     assert ("student_kd - student_scratch: -0.400 ± 0.058 (95 % CI [-0.648, -0.152], 3 seeds): helps"
             in text)
     assert "(scratch - kd) / (scratch - teacher) = 40%" in text          # 0.4 / (3.0 - 2.0)
@@ -90,6 +152,14 @@ def test_kd_effect_reports_paired_differences_with_t_intervals_and_the_gap_close
     # An interval that straddles 0 is no evidence either way.
     mixed = kd_effect(_runs([(2.5, 2.2), (3.0, 3.1), (3.5, 3.4)]))
     assert "student_kd - student_scratch: -0.100" in mixed and "no detectable difference  (token-level KD)" in mixed
+    # KD that costs bits on every seed, consistently: "hurts".
+    worse = kd_effect(_runs([(2.5, 2.7), (3.0, 3.25), (3.5, 3.65)]))   # +0.2, +0.25, +0.15: [+0.076, +0.324]
+    assert "student_kd - student_scratch: +0.200" in worse and "hurts  (token-level KD)" in worse
+    # The validation split on request.
+    val = kd_effect(_runs([(2.5, 2.2), (3.0, 2.6), (3.5, 3.0)], metric="val_bits_per_char"), "val_bits_per_char")
+    assert val.startswith("Effects on validation bits/char") and "-0.400 ± 0.058" in val
+    # No "twice the std" rule anywhere.
+    assert "2 x" not in text + mixed + worse and "std" not in text + mixed + worse
 
 
 def test_learning_rate_warms_up_then_decays_to_a_tenth():

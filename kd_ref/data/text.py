@@ -1,4 +1,4 @@
-"""Character-level text data: the corpus, its vocabulary, a train / validation split,
+"""Character-level text data: the corpus, its vocabulary, a train / validation / test split,
 random training crops and a deterministic validation evaluator (bits per character).
 
 The default corpus ships with every CPython: ``pydoc_data.topics.topics``, the text of
@@ -8,9 +8,11 @@ characters (464,970 with CPython 3.11.7; the exact count changes a little betwee
 Python versions). Any UTF-8 text file can replace it.
 
 Split: the character ids are cut into ``n_blocks`` contiguous blocks of (nearly) equal
-length; a seeded permutation picks ``val_fraction`` of the blocks for validation. A
-crop never crosses a block boundary, so no training window sees text that is
-validation text or that is not contiguous in the corpus.
+length; a seeded permutation picks ``val_fraction`` of the blocks for validation and the
+next ``test_fraction`` of them for test; the rest are for training. A crop never crosses
+a block boundary, so no training window sees text that is held-out text or that is not
+contiguous in the corpus. Validation is for choices (settings, curves); the test blocks
+are scored once, at the end, by the final models.
 
 Language-model batches: ``x = ids[i : i + T]``, ``y = ids[i + 1 : i + T + 1]``; the
 model predicts ``y[t]`` from ``x[0..t]``. Padded positions (at the end of a short
@@ -19,7 +21,7 @@ window) hold target ``IGNORE_INDEX`` = -1 and are left out of every loss and met
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -84,10 +86,12 @@ class CharVocab:
 
 @dataclass(frozen=True)
 class TextSplit:
-    """Contiguous blocks of character ids: ``train`` and ``val`` are lists of 1-D int64 tensors.
+    """Contiguous blocks of character ids: ``train``, ``val`` and ``test`` are lists of 1-D int64 tensors.
 
-    ``train_blocks`` / ``val_blocks`` are the block numbers (positions in the corpus)
-    that each side holds; ``bounds[i]`` is the ``(start, end)`` of block i in the corpus.
+    ``train_blocks`` / ``val_blocks`` / ``test_blocks`` are the block numbers (positions
+    in the corpus) that each part holds, in corpus order; ``bounds[i]`` is the
+    ``(start, end)`` of block i in the corpus. ``test`` is empty when the split was made
+    with ``test_fraction=0``.
     """
 
     train: list[torch.Tensor]
@@ -95,6 +99,8 @@ class TextSplit:
     train_blocks: list[int]
     val_blocks: list[int]
     bounds: list[tuple[int, int]]
+    test: list[torch.Tensor] = field(default_factory=list)
+    test_blocks: list[int] = field(default_factory=list)
 
     @property
     def n_train(self) -> int:
@@ -104,36 +110,81 @@ class TextSplit:
     def n_val(self) -> int:
         return sum(len(b) for b in self.val)
 
+    @property
+    def n_test(self) -> int:
+        return sum(len(b) for b in self.test)
+
 
 def split_text(ids: torch.Tensor, context: int, val_fraction: float = 0.1, n_blocks: int = 100,
-               seed: int = 0) -> TextSplit:
-    """Cut ``ids`` into contiguous blocks and hold out a seeded ``val_fraction`` of them.
+               seed: int = 0, test_fraction: float = 0.1) -> TextSplit:
+    """Cut ``ids`` into contiguous blocks; hold out a seeded ``val_fraction`` and ``test_fraction`` of them.
 
-    Every block holds at least ``context + 1`` characters (one full window and its
-    next-character targets); with a short text there are fewer, longer blocks. The
-    same arguments always give the same split.
+    One seeded permutation of the block numbers: its first ``round(n_blocks * val_fraction)``
+    blocks (at least one) are validation, the next ``round(n_blocks * test_fraction)`` (at
+    least one, none when ``test_fraction`` is 0) are test, the rest train. So the validation
+    blocks do not depend on ``test_fraction``: adding a test split takes its blocks from the
+    training side only. Every block holds at least ``context + 1`` characters (one full
+    window and its next-character targets); with a short text there are fewer, longer
+    blocks, and validation and test shrink first so that at least one block is left for
+    training. The same arguments always give the same split.
 
-    Raises ``ValueError`` when the text is too short for two such blocks.
+    Raises ``ValueError`` for fractions outside [0, 1) (validation: (0, 1)) or summing to
+    1 or more, and when the text is too short for one block per part.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got val_fraction={val_fraction!r}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got test_fraction={test_fraction!r}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be below 1 (some text must be left for training), "
+                         f"got {val_fraction!r} + {test_fraction!r}")
     if context < 1 or n_blocks < 2:
         raise ValueError(f"need context >= 1 and n_blocks >= 2, got context={context}, n_blocks={n_blocks}")
     n = len(ids)
+    parts = 3 if test_fraction > 0 else 2
     n_blocks = min(n_blocks, n // (context + 1))
-    if n_blocks < 2:
+    if n_blocks < parts:
+        held_out = "a validation and a test window" if parts == 3 else "a validation window"
         raise ValueError(f"the text has {n:,} characters, too short for context {context}: need at least "
-                         f"{2 * (context + 1):,} (a training and a validation window of {context + 1} characters)")
+                         f"{parts * (context + 1):,} (a training, {held_out} of {context + 1} characters each)")
     edges = [round(i * n / n_blocks) for i in range(n_blocks + 1)]
     bounds = list(zip(edges[:-1], edges[1:]))
-    n_val = min(n_blocks - 1, max(1, round(n_blocks * val_fraction)))
+    n_val = max(1, round(n_blocks * val_fraction))
+    n_test = max(1, round(n_blocks * test_fraction)) if test_fraction > 0 else 0
+    while n_val + n_test > n_blocks - 1:                                  # leave at least one training block
+        if n_test > n_val or (n_test == n_val and n_test > 1):
+            n_test -= 1
+        else:
+            n_val -= 1
     order = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
-    val_blocks, train_blocks = sorted(order[:n_val]), sorted(order[n_val:])
+    val_blocks = sorted(order[:n_val])
+    test_blocks = sorted(order[n_val:n_val + n_test])
+    train_blocks = sorted(order[n_val + n_test:])
     return TextSplit(
         train=[ids[slice(*bounds[i])] for i in train_blocks],
         val=[ids[slice(*bounds[i])] for i in val_blocks],
         train_blocks=train_blocks, val_blocks=val_blocks, bounds=bounds,
+        test=[ids[slice(*bounds[i])] for i in test_blocks], test_blocks=test_blocks,
     )
+
+
+def first_chars(blocks: list[torch.Tensor], n_chars: int | None, context: int) -> list[torch.Tensor]:
+    """The first ``n_chars`` characters of ``blocks`` (in order), as blocks; all of them for ``None``.
+
+    A last piece of ``context`` characters or fewer is dropped (it would hold little more
+    than one window), but the first block is always kept, cut to ``n_chars``.
+    """
+    if n_chars is None:
+        return list(blocks)
+    kept, left = [], n_chars
+    for block in blocks:
+        if kept and left <= context:
+            break
+        kept.append(block[:left])
+        left -= len(kept[-1])
+        if left <= 0:
+            break
+    return kept
 
 
 class RandomCrops(SeededBatches):
@@ -176,7 +227,7 @@ class RandomCrops(SeededBatches):
 
 
 class ValidationWindows:
-    """Every validation character scored once, in non-overlapping windows of ``context``.
+    """Every character of held-out blocks (validation or test) scored once, in non-overlapping windows of ``context``.
 
     Each block is cut into consecutive windows; the last, shorter window of a block is
     padded (input id 0, target ``IGNORE_INDEX``) and its ``mask`` is False there. Every
