@@ -48,6 +48,8 @@ save-lessons: $(STAMP)
 
 # On a CUDA machine: what the gpu profiles cost there (CIFAR images/s and epoch time, bf16 vs fp32,
 # torch.compile, peak memory, text tokens/s), in under 5 minutes, no network. It runs from the source
-# tree with the machine's own python3 (torch, numpy, tqdm; no install); without CUDA it says so and exits 0.
+# tree with the project's .venv when there is one, else the machine's own python3 (torch, numpy, tqdm;
+# no install); without CUDA it says so and exits 0.
+GPU_PYTHON := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	PYTHONPATH=. $(PYTHON) -m kd_ref bench gpu
+	PYTHONPATH=. $(GPU_PYTHON) -m kd_ref bench gpu

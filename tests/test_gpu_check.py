@@ -48,7 +48,8 @@ def test_make_gpu_check_without_cuda_says_so_and_exits_0_with_only_torch_numpy_t
 def test_the_makefile_has_a_gpu_check_target_that_needs_no_install():
     makefile = (REPO / "Makefile").read_text()
     target = makefile[makefile.index("\ngpu-check:"):].split("\n\n")[0]
-    assert "PYTHONPATH=. $(PYTHON) -m kd_ref bench gpu" in target and "$(STAMP)" not in target.splitlines()[1]
+    assert "PYTHONPATH=. $(GPU_PYTHON) -m kd_ref bench gpu" in target and "$(STAMP)" not in target.splitlines()[1]
+    assert "GPU_PYTHON := $(if $(wildcard $(PY)),$(PY),$(PYTHON))" in makefile     # the venv, else python3
 
 
 @pytest.mark.usefixtures("one_thread")
