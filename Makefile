@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test unit lab demo env clean-env reproduce save-lessons
+.PHONY: test unit lab demo env clean-env reproduce save-lessons gpu-check
 
 env: $(STAMP)
 
@@ -45,3 +45,11 @@ reproduce: $(STAMP)
 # Save lessons as real runs (maintainers): execute in place under KD_PROFILE=cpu, write their results files.
 save-lessons: $(STAMP)
 	$(PY) -m kd_ref.lesson save $(LESSON)
+
+# On a CUDA machine: what the gpu profiles cost there (CIFAR images/s and epoch time, bf16 vs fp32,
+# torch.compile, peak memory, text tokens/s), in under 5 minutes, no network. It runs from the source
+# tree with the project's .venv when there is one, else the machine's own python3 (torch, numpy, tqdm;
+# no install); without CUDA it says so and exits 0.
+GPU_PYTHON := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m kd_ref bench gpu

@@ -48,9 +48,16 @@ class HiddenAttentionKD(LogitKD):
     - ``hidden``: ``hidden_state_loss(h_s[m], h_t[g(m)], W_m)`` for m = 0 .. L_s (the
       embedding output and every block), with ``W_m = nn.Linear(d_s, d_t)`` learned
       with the student (TinyBERT's W_h; one per matched layer here);
-    - ``attention``: ``attention_kl_loss(A_s[m], A_t[g(m)])`` for blocks m = 1 .. L_s,
-      KL(teacher row || student row) of the attention probabilities (MiniLM, Wang et
-      al. 2020; TinyBERT matches the pre-softmax scores with an MSE instead).
+    - ``attention``: ``attention_kl_loss(S_s[m], S_t[g(m)], inputs="scores")`` for
+      blocks m = 1 .. L_s, KL(teacher row || student row) of the attention
+      distributions (MiniLM, Wang et al. 2020; TinyBERT matches the pre-softmax scores
+      with an MSE instead). The loss is given the pre-softmax scores ``S`` that
+      ``CharGPT.forward_internals`` returns anyway (its explicit attention computes
+      them before the softmax), not the probabilities: the distributions are then
+      formed with ``log_softmax``, so a peaked student row whose probability
+      underflows to 0 in float32 (a score gap above about 104) still gives a finite
+      loss and gradient, where ``log`` of the probabilities would give infinity. Where
+      both are finite the two forms agree (tests/test_text.py checks both).
 
     Why the head counts must match: ``attention_kl_loss`` compares the two
     ``(B, heads, T, T)`` tensors head by head, and there is no natural pairing of, say,
@@ -81,7 +88,8 @@ class HiddenAttentionKD(LogitKD):
             for m, (n, w) in enumerate(zip(self.layer_map, self.projections))
         ]).mean()
         attention = torch.stack([
-            attention_kl_loss(out_s.attention_probs[m - 1], out_t.attention_probs[n - 1], mask=mask)
+            attention_kl_loss(out_s.attention_scores[m - 1], out_t.attention_scores[n - 1], mask=mask,
+                              inputs="scores")
             for m, n in enumerate(self.layer_map) if m > 0
         ]).mean()
         terms = self.logit_terms(out_s.logits, out_t.logits, y, mask)

@@ -4,6 +4,7 @@ Independent checks: parameter counts from the closed form, attention scores from
 weights by hand, bits per character from a NumPy log-softmax, the padded-batch losses
 against the same losses on each sequence alone.
 """
+import copy
 import math
 import sys
 
@@ -443,3 +444,46 @@ def test_hidden_attention_distiller_trains_its_projections_not_the_teacher(padde
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in distiller.projections.parameters())
     student.zero_grad()
+
+
+def test_hidden_attention_distiller_attention_term_is_the_kl_of_the_scores(padded):
+    """The distiller's attention term: the scores form of attention_kl_loss, equal to the probabilities form."""
+    teacher, student, _, x, y, mask = padded
+    distiller = HiddenAttentionKD(student, teacher, hidden_weight=0.0, attention_weight=1.0)
+    _, terms = distiller(x, y)
+    s = student.forward_internals(x, mask, attentions=True)
+    t = teacher.forward_internals(x, mask, attentions=True)
+    expected = torch.stack([kd_ref.attention_kl_loss(s.attention_probs[m - 1], t.attention_probs[n - 1], mask)
+                            for m, n in enumerate(distiller.layer_map) if m > 0]).mean()
+    torch.testing.assert_close(terms["attention"], expected)
+
+
+def test_hidden_attention_distiller_is_finite_at_extreme_attention_scores(padded):
+    """A student whose queries are scaled 1e4 has rows of scores hundreds apart: its attention
+    probabilities underflow to 0, so the probabilities form is infinite; the distiller stays finite,
+    equals a float64 NumPy log-space reference, and gives finite gradients."""
+    import numpy_ref as ref
+
+    teacher, student, _, x, y, mask = padded
+    student = copy.deepcopy(student)
+    width = student.config.width
+    with torch.no_grad():
+        for block in student.blocks:
+            block.attn.qkv.weight[:width] *= 1e4            # the query rows of the fused qkv matrix
+            block.attn.qkv.bias[:width] *= 1e4
+    s = student.forward_internals(x, mask, attentions=True)
+    t = teacher.forward_internals(x, mask, attentions=True)
+    distiller = HiddenAttentionKD(student, teacher, hidden_weight=0.0, attention_weight=1.0)
+    pairs = [(m - 1, n - 1) for m, n in enumerate(distiller.layer_map) if m > 0]
+    probs_form = torch.stack([kd_ref.attention_kl_loss(s.attention_probs[i], t.attention_probs[j], mask)
+                              for i, j in pairs]).mean()
+    assert torch.isinf(probs_form)                           # the case is really extreme
+    _, terms = distiller(x, y)
+    assert torch.isfinite(terms["attention"])
+    expected = np.mean([ref.attention_kl_from_scores(s.attention_scores[i].detach().double().numpy(),
+                                                     t.attention_scores[j].double().numpy(), mask.numpy())
+                        for i, j in pairs])
+    assert terms["attention"].item() == pytest.approx(expected, rel=1e-4)
+    terms["attention"].backward()
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

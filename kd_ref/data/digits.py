@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from ..losses.cross_entropy import IGNORE_INDEX
 
@@ -45,6 +43,11 @@ def load_digits_split(seed: int = 0, val_fraction: float = 0.2, test_fraction: f
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"need 0 < val_fraction, test_fraction and val_fraction + test_fraction < 1, "
                          f"got val_fraction={val_fraction}, test_fraction={test_fraction}")
+    # scikit-learn is imported here, not with the module: kd_ref.data (and so the CIFAR and
+    # text code, and `make gpu-check`) must import on a machine that has only torch and numpy.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = digits.images.astype(np.float32) / 16.0                    # (1797, 8, 8), in [0, 1]
     y = digits.target.astype(np.int64)                             # (1797,)

@@ -1,5 +1,8 @@
 """``kd-ref bench cifar-pipeline``: images/s of the device-resident pipeline vs a DataLoader.
 
+(``kd-ref bench gpu``, the check of the gpu profiles on a CUDA device, is in
+``kd_ref.recipes.gpu_check``; this module only dispatches to it.)
+
 Both pipelines do the same work: shuffle, random crop 32 with 4-pixel zero padding,
 horizontal flip, conversion to float and per-channel normalisation, in batches of 64,
 then the batch on the device.
@@ -107,20 +110,30 @@ def training_rate(batches, model: torch.nn.Module, device: torch.device, steps: 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="benchmarks: images/s of kd_ref's CIFAR pipeline vs a DataLoader",
-        description="Measure images/s of the device-resident CIFAR pipeline and of a torchvision DataLoader "
-                    "with the same augmentation, loader only and end to end (an SGD step of the profile's "
-                    "student per batch). Uses real CIFAR from --data when present, else a generated set "
-                    "in the real on-disk format (same image size, so the same speed).")
-    parser.add_argument("which", choices=["cifar-pipeline"], help="what to measure")
+        "bench", help="benchmarks: images/s of kd_ref's CIFAR pipeline vs a DataLoader; the gpu check",
+        description="cifar-pipeline: measure images/s of the device-resident CIFAR pipeline and of a torchvision "
+                    "DataLoader with the same augmentation, loader only and end to end (an SGD step of the "
+                    "profile's student per batch). Uses real CIFAR from --data when present, else a generated set "
+                    "in the real on-disk format (same image size, so the same speed). gpu: on a CUDA device, the "
+                    "cost of the gpu profiles (CIFAR images/s and epoch time, bf16 vs fp32, torch.compile, peak "
+                    "memory, text tokens/s) in a few minutes, no network; without CUDA it says so and exits 0.")
+    parser.add_argument("which", choices=["cifar-pipeline", "gpu"], help="what to measure")
     parser.add_argument("--profile", help="smoke, cpu, gpu or auto (default: $KD_PROFILE, else auto)")
     parser.add_argument("--data", metavar="DIR", default="data", help="folder with real CIFAR (default: data)")
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader worker processes for the second baseline row (default: CPU cores)")
+    parser.add_argument("--steps", type=int, default=100, help="gpu: training steps timed per figure (default 100)")
+    parser.add_argument("--max-seconds", type=float, default=270.0,
+                        help="gpu: start no phase after this many seconds (default 270)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.which == "gpu":
+        from .gpu_check import run_check
+        if args.steps < 1 or not args.max_seconds > 0:
+            raise CommandError(f"need --steps >= 1 and --max-seconds > 0, got {args.steps} and {args.max_seconds}")
+        return run_check(steps=args.steps, budget=args.max_seconds)
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise CommandError(f"--workers must be >= 1, got {workers}")
