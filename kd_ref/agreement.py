@@ -93,11 +93,9 @@ def compare_values(name: str, a, b, *, atol: float = 1e-10, floor: float = 1e-12
     return Agreement(name, same32, approx, maxdiff, floor)
 
 
-def cmp(name: str, a, b, *, atol: float = 1e-10, floor: float = 1e-12, exact: bool = True) -> Agreement:
-    """Compare two computations of the same quantity and print one line; return the :class:`Agreement`."""
-    result = compare_values(name, a, b, atol=atol, floor=floor, exact=exact)
-    print(result.line())
-    return result
+def cmp(name: str, a, b, *, atol: float = 1e-10, floor: float = 1e-12, exact: bool = True) -> None:
+    """Compare two computations of the same quantity and print one line (:func:`compare_values` returns it)."""
+    print(compare_values(name, a, b, atol=atol, floor=floor, exact=exact).line())
 
 
 class agree:  # noqa: N801 - used as a context manager, like open()
