@@ -130,7 +130,8 @@ def test_the_seed_001_step_loses_its_points(tmp_path):
         """
     path = with_answer(EX02, "def fixed_kd_step(", buggy, tmp_path, "seed001.ipynb")
     scores = {q.name: q.score for q in grade_notebook(path, SOLUTIONS).questions}
-    assert scores["q2"] == 0 and scores["q1"] == 4 and scores["q4"] == 4
+    # q2's fixing checks fail; its third hidden check grades the named bugs (the master's, untouched here)
+    assert scores["q2"] == pytest.approx(4 / 3) and scores["q1"] == 4 and scores["q4"] == 4
 
 
 def test_raising_and_endless_answers_score_zero_and_the_rest_is_graded(tmp_path):
