@@ -127,11 +127,11 @@ def test_tampering_earns_nothing(gradebook_run):
 
 def test_the_gradebook_has_a_row_per_notebook_and_says_what_went_wrong(gradebook_run):
     _, printed, rows, book = gradebook_run
-    assert list(next(iter(rows.values()))) == ["notebook", "q1", "q2", "q3", "q4", "total", "max_score", "problems"]
-    assert len(rows) == 10 and book["exercise"] == "ex02_kd_loss" and book["max_score"] == 15
-    assert float(rows["solved.ipynb"]["total"]) == 15 and rows["solved.ipynb"]["problems"] == ""
+    assert list(next(iter(rows.values()))) == ["notebook", "q1", "q2", "q3", "q4", "q5", "total", "max_score", "problems"]
+    assert len(rows) == 10 and book["exercise"] == "ex02_kd_loss" and book["max_score"] == 18
+    assert float(rows["solved.ipynb"]["total"]) == 18 and rows["solved.ipynb"]["problems"] == ""
     # A looping cell is interrupted; the notebook's answers are still graded.
-    assert float(rows["looping.ipynb"]["total"]) == 15
+    assert float(rows["looping.ipynb"]["total"]) == 18
     assert "time limit of 20 s exceeded" in rows["looping.ipynb"]["problems"]
     assert rows["corrupt.ipynb"]["problems"].startswith("not a notebook")
     assert rows["other.ipynb"]["problems"].startswith("wrong exercise: ex01_softmax_temperature")
@@ -151,7 +151,7 @@ def test_the_instructor_sees_public_messages_and_hidden_counts_never_hidden_cont
     q1 = untouched["report"]["questions"][0]
     assert q1["failed_public"] == ["return a scalar tensor"] and q1["hidden_failed"] == 3
     everything = printed + (folder / "book.json").read_text() + (folder / "book.csv").read_text()
-    for hidden in ("test_hidden", "manual_seed(3)", "running_mean", "slope_with_T2) < 0.05"):
+    for hidden in ("test_hidden", "manual_seed(3)", "running_mean", 'bugs == "abdf"'):
         assert hidden not in everything
 
 
@@ -170,7 +170,7 @@ def test_forbidden_oracle_scores_zero_whatever_the_import_form(tmp_path):
                                             kd_weight=kd_weight, ce_weight=ce_weight)
         """, tmp_path, "forbidden.ipynb")
     # q3: the oracle named in the question's cells, even unused, is caught by the static scan.
-    path = with_answer(path, "zt, zs = torch.tensor(", """
+    path = with_answer(path, "zt = torch.tensor([1.2", """
         import kd_ref as unused
         zt, zs = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64), torch.tensor([0.05, 0.2, 0.75], dtype=torch.float64)
         p_teacher = torch.softmax(zt, 0).tolist()

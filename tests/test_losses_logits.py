@@ -275,3 +275,41 @@ def test_bad_targets_and_weights():
             kd_ref.dkd_loss(s, t, torch.zeros(4, dtype=torch.long), beta=bad)
     with pytest.raises(ValueError, match=r"student_logits must have shape \(batch, num_classes >= 2\)"):
         kd_ref.dkd_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_the_distilbert_objective_is_distillation_loss_plus_the_cosine_term():
+    """Hugging Face's DistilBERT script (examples/research_projects/distillation/distiller.py) with
+    --restrict_ce_to_mask: alpha_ce * T^2 * KL(batchmean) on the masked tokens + alpha_mlm * MLM
+    cross-entropy + alpha_cos * cosine embedding loss on the non-padding hidden states. With
+    kd_weight = alpha_ce and ce_weight = alpha_mlm on the same masked tokens it is
+    distillation_loss(mask=mlm) + alpha_cos * hidden_state_cosine_loss(mask=attention). (Moved here
+    from lesson 02: it needs sequences, masks and hidden states.)"""
+    import torch.nn.functional as F
+
+    import kd_ref
+
+    torch.manual_seed(2)
+    B, L, V, d = 2, 6, 11, 8
+    s_logits = torch.randn(B, L, V, dtype=torch.float64)
+    t_logits = torch.randn(B, L, V, dtype=torch.float64) * 2
+    h_s, h_t = torch.randn(B, L, d, dtype=torch.float64), torch.randn(B, L, d, dtype=torch.float64)
+    attn = torch.ones(B, L, dtype=torch.bool)
+    attn[1, -1] = False                                            # one padding token
+    mlm = torch.zeros(B, L, dtype=torch.bool)
+    mlm[0, 1] = mlm[0, 4] = mlm[1, 0] = mlm[1, 3] = True           # 4 masked tokens
+    tokens = torch.randint(0, V, (B, L))
+    lm_labels = torch.where(mlm, tokens, torch.full_like(tokens, -100))
+    T, a_ce, a_mlm, a_cos = 2.0, 5.0, 2.0, 1.0
+
+    sel = mlm.unsqueeze(-1).expand_as(s_logits)
+    s_sel, t_sel = s_logits.masked_select(sel).view(-1, V), t_logits.masked_select(sel).view(-1, V)
+    loss_ce = F.kl_div(F.log_softmax(s_sel / T, -1), F.softmax(t_sel / T, -1), reduction="batchmean") * T**2
+    loss_mlm = F.cross_entropy(s_logits.view(-1, V), lm_labels.view(-1), ignore_index=-100)
+    hs_sel = h_s.masked_select(attn.unsqueeze(-1)).view(-1, d)
+    ht_sel = h_t.masked_select(attn.unsqueeze(-1)).view(-1, d)
+    loss_cos = F.cosine_embedding_loss(hs_sel, ht_sel, torch.ones(hs_sel.shape[0], dtype=torch.float64))
+    literal = a_ce * loss_ce + a_mlm * loss_mlm + a_cos * loss_cos
+
+    ours = (kd_ref.distillation_loss(s_logits, t_logits, tokens, T=T, kd_weight=a_ce, ce_weight=a_mlm, mask=mlm)
+            + a_cos * kd_ref.hidden_state_cosine_loss(h_s, h_t, mask=attn))
+    torch.testing.assert_close(ours, literal, rtol=0, atol=1e-12)

@@ -33,19 +33,25 @@ class Rule:
 
 
 _KD = ("kd_ref",)
+_SOFTMAX_NAMES = ("softmax", "log_softmax", "Softmax", "LogSoftmax")
+# Every public function of the oracle that computes a probability or a loss: an answer that calls any of
+# them (e.g. reverse_kl_loss with its arguments swapped, generalized_jsd_loss at beta = 0, or
+# distillation_loss with ce_weight = 0, each equal to kd_loss) is not the learner's own.
+_ORACLE_LOSSES = ("kd_ref.softmax_t", "kd_ref.log_softmax_t", "kd_ref.kd_loss", "kd_ref.soft_cross_entropy",
+                  "kd_ref.distillation_loss", "kd_ref.dkd_loss", "kd_ref.reverse_kl_loss",
+                  "kd_ref.generalized_jsd_loss", "kd_ref.skew_kl_loss", "kd_ref.skew_reverse_kl_loss",
+                  "kd_ref.losses.logits._kl_rows", "kd_ref.losses.cross_entropy.masked_cross_entropy",
+                  "kd_ref.teacher_forward")
+_EX01 = Rule(_KD, _SOFTMAX_NAMES, ("kd_ref.softmax_t", "kd_ref.log_softmax_t"))
+_EX02 = Rule(_KD, (), _ORACLE_LOSSES)
 RULES: dict[str, dict[str, Rule]] = {
-    "ex01_softmax_temperature": {
-        "q1": Rule(_KD, ("softmax", "log_softmax", "Softmax", "LogSoftmax"), ("kd_ref.softmax_t", "kd_ref.log_softmax_t"),
-                   SOFTMAX_OPS),
-        "q2": Rule(_KD, (), ("kd_ref.softmax_t", "kd_ref.log_softmax_t")),
-        "q3": Rule(_KD, (), ("kd_ref.softmax_t", "kd_ref.log_softmax_t")),
-    },
-    "ex02_kd_loss": {
-        "q1": Rule(_KD, (), ("kd_ref.kd_loss", "kd_ref.soft_cross_entropy", "kd_ref.distillation_loss")),
-        "q2": Rule(_KD, (), ("kd_ref.kd_loss", "kd_ref.distillation_loss", "kd_ref.teacher_forward")),
-        "q3": Rule(_KD, (), ("kd_ref.kd_loss", "kd_ref.soft_cross_entropy", "kd_ref.softmax_t")),
-        "q4": Rule(_KD, (), ("kd_ref.kd_loss", "kd_ref.softmax_t")),
-    },
+    # ex01: no kd_ref and no built-in softmax in any question's code (the learner's own softmax_t is the
+    # point); q1's softmax_t is also run with the softmax operations disabled, whatever their name. Later
+    # questions call the learner's softmax_t, so they are not charged again for what q1 did.
+    "ex01_softmax_temperature": {"q1": Rule(_KD, _SOFTMAX_NAMES, _EX01.oracle, SOFTMAX_OPS),
+                                 "q2": _EX01, "q3": _EX01, "q4": _EX01},
+    # ex02: no kd_ref in any import form, nor any of its losses, in any question
+    "ex02_kd_loss": {"q1": _EX02, "q2": _EX02, "q3": _EX02, "q4": _EX02, "q5": _EX02},
     "ex03_hints_and_hooks": {
         "q1": Rule(_KD, (), ("kd_ref.hint_loss", "kd_ref.ConvRegressor")),
         "q2": Rule(_KD, (), ("kd_ref.FeatureHooks",)),
@@ -110,13 +116,40 @@ def _constant_strings(tree: ast.AST) -> list[str]:
     return strings
 
 
-def static_findings(code: str, rule: Rule) -> list[str]:
-    """What of ``rule`` the source ``code`` imports or names (IPython magics are ignored)."""
+def _parse(code: str) -> ast.AST | None:
     source = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in code.splitlines())
     try:
-        tree = ast.parse(source)
+        return ast.parse(source)
     except SyntaxError:
-        return []                                    # a cell that does not parse runs as an error anyway
+        return None                                  # a cell that does not parse runs as an error anyway
+
+
+def module_aliases(cells: list[str], modules: tuple[str, ...]) -> set[str]:
+    """Names that any of ``cells`` binds to ``modules`` or to something imported from them.
+
+    ``import kd_ref as k`` binds ``k``; ``from kd_ref.losses import kd_loss as f`` binds ``f``. A
+    question whose own cells use such a name uses the forbidden module, wherever it was imported
+    (an answer stored as a value, computed in the question's cell, never runs under the kernel's guard).
+    """
+    aliases: set[str] = set()
+    for code in cells:
+        tree = _parse(code)
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.Import):
+                aliases |= {(a.asname or a.name.split(".")[0]) for a in node.names if a.name.split(".")[0] in modules}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in modules:
+                aliases |= {a.asname or a.name for a in node.names}
+    return aliases
+
+
+def static_findings(code: str, rule: Rule, aliases: frozenset[str] = frozenset()) -> list[str]:
+    """What of ``rule`` the source ``code`` imports or names (IPython magics are ignored).
+
+    ``aliases``: names bound elsewhere in the notebook to a forbidden module (:func:`module_aliases`).
+    """
+    tree = _parse(code)
+    if tree is None:
+        return []
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -128,6 +161,8 @@ def static_findings(code: str, rule: Rule) -> list[str]:
             found += [f"from {node.module} import {a.name}" for a in node.names if a.name in rule.names]
         elif isinstance(node, ast.Name) and (node.id in rule.modules or node.id in rule.names):
             found.append(f"name {node.id}")
+        elif isinstance(node, ast.Name) and node.id in aliases:
+            found.append(f"name {node.id} (imported from {'/'.join(rule.modules)} in another cell)")
         elif isinstance(node, ast.Attribute) and node.attr in rule.names:
             found.append(f"attribute .{node.attr}")
     for text in _constant_strings(tree):
@@ -139,10 +174,17 @@ def static_findings(code: str, rule: Rule) -> list[str]:
 def forbidden_uses(nb: nbformat.NotebookNode, assignment: str) -> dict[str, list[str]]:
     """For each question, what its section's code uses that the exercise forbids there."""
     uses = {}
+    every_cell, in_tests = [], False                   # the learner's code: a master's checks left out
+    for cell in nb.cells:
+        if cell.cell_type == "raw":
+            in_tests = {"# BEGIN TESTS": True, "# END TESTS": False}.get(cell.source.strip(), in_tests)
+        elif cell.cell_type == "code" and not in_tests:
+            every_cell.append(cell.source)
     for question, cells in question_sections(nb).items():
         rule = rule_for(assignment, question)
         if rule.modules or rule.names:
-            found = sorted({f for cell in cells for f in static_findings(cell, rule)})
+            aliases = frozenset(module_aliases(every_cell, rule.modules)) if rule.modules else frozenset()
+            found = sorted({f for cell in cells for f in static_findings(cell, rule, aliases)})
             if found:
                 uses[question] = found
     return uses

@@ -128,6 +128,47 @@ def run_seed(seed: int, config: DigitsConfig, device: torch.device, evaluate_on:
     return results
 
 
+def temperature_sweep_seed(seed: int, config: DigitsConfig, teacher_state: dict, temperatures, kd_epochs: int,
+                           scratch_epochs: int) -> dict[str, float]:
+    """One seed of lesson 02's payoff study: validation accuracy of a scratch student and of KD students.
+
+    The teacher (``DigitsCNN(config.teacher_width)`` with ``teacher_state``) is shared by every
+    seed. The seed draws the ``config.labels_per_class`` labels per class that the students
+    may see, the students' initial weights (one draw, copied to every student: the seed's
+    students differ only in their loss and data) and the batch order. Returns
+    ``{"student_scratch": acc, "student_kd_T<T>": acc, ...}``: the scratch student learns from
+    the labelled images alone (``scratch_epochs`` epochs); each KD student learns from every
+    training image, the unlabelled ones through the KD term only (``kd_epochs`` epochs, at
+    temperature T, ``config.kd_weight`` / ``config.ce_weight``).
+
+    A module-level function, so that :func:`kd_ref.recipes.seeds.map_seeds` can run seeds in
+    parallel processes.
+    """
+    split = load_digits_split(SPLIT_SEED)
+    val_batches = TensorBatches(split.x_val, split.y_val, batch_size=512)
+    teacher = DigitsCNN(config.teacher_width)
+    teacher.load_state_dict(teacher_state)
+    teacher.eval()
+    seed_everything(seed)
+    few_labels = keep_labels(split.y_train, config.labels_per_class, seed=seed)  # (N,), -1 = unlabelled
+    has_label = few_labels != IGNORE_INDEX
+    initial_student = DigitsCNN(config.student_width)
+    fit_options = dict(lr=config.lr, weight_decay=config.weight_decay)
+
+    student = copy.deepcopy(initial_student)
+    labelled = TensorBatches(split.x_train[has_label], few_labels[has_label], config.student_batch_size,
+                             shuffle=True, seed=seed)
+    fit(Scratch(student), labelled, epochs=scratch_epochs, **fit_options, desc=f"seed {seed} scratch")
+    results = {"student_scratch": evaluate(student, val_batches)["accuracy"]}
+    transfer = TensorBatches(split.x_train, few_labels, config.student_batch_size, shuffle=True, seed=seed)
+    for T in temperatures:
+        student = copy.deepcopy(initial_student)
+        fit(LogitKD(student, teacher, T=T, kd_weight=config.kd_weight, ce_weight=config.ce_weight), transfer,
+            epochs=kd_epochs, **fit_options, desc=f"seed {seed} KD T={T:g}")
+        results[f"student_kd_T{T:g}"] = evaluate(student, val_batches)["accuracy"]
+    return results
+
+
 def summarize_runs(per_seed: list[dict]) -> list[dict]:
     """Result rows: accuracy of every model, then fidelity of the students, then ECE."""
     return summarize_metrics(per_seed, ("accuracy", "fidelity", "ece"))
