@@ -66,12 +66,15 @@ def cpu_model() -> str:
 
 
 def git_commit(where: str | os.PathLike = ".") -> str:
-    """The short commit of the repository holding ``where``, ``+`` when its tracked files differ; else "unknown"."""
+    """The short commit of the repository holding ``where``, ``+`` when tracked files outside ``notebooks/`` differ; else "unknown"."""
     try:
         run = lambda *args: subprocess.run(["git", *args], cwd=where, capture_output=True, text=True,
                                            timeout=10, check=True).stdout.strip()
         commit = run("rev-parse", "--short", "HEAD")
-        return commit + ("+" if run("status", "--porcelain", "--untracked-files=no") else "")
+        # The saved lessons and their results files are what a run writes: they do not count as a change
+        # of the code (a lesson's own code is covered by its fingerprint).
+        changed = run("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)notebooks")
+        return commit + ("+" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
