@@ -184,3 +184,32 @@ def test_readme_digits_table_is_the_committed_run():
                     for m in ("accuracy", "fidelity", "ece")]
         assert shown == expected, f"README digits table, {name}: {shown} != committed {expected}"
     assert f"{saved['seconds']:.0f} s" in section
+
+
+def test_readme_text_table_is_lesson_07s_saved_run():
+    import statistics
+
+    saved = json.loads((NOTEBOOKS / "results" / "07_transformer_distillation.cpu.json").read_text(encoding="utf-8"))
+    rows = saved["studies"]["text"]
+    section = _readme_section("## Distil a small transformer: `kd-ref text`")
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    for name in names:
+        line = next(line for line in section.splitlines() if line.startswith(name + " "))
+        shown = re.findall(r"\d+\.\d{3} ± \d+\.\d{3}", line)
+        expected = []
+        for metric in ("val bits/char", "test bits/char"):
+            values = [r["value"] for r in rows if r["name"] == name and r["metric"] == metric]
+            expected.append(f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}")
+        assert shown == expected, f"README text table, {name}: {shown} != lesson 07's saved run {expected}"
+    assert saved["provenance"]["commit"] in section
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem[:2])
+def test_notebooks_readme_states_the_marked_cells(path):
+    """notebooks/README.md says, lesson by lesson, how many cells nbval does not compare (and why)."""
+    code = [c for c in _cells(path) if c["cell_type"] == "code"]
+    marked = sum("".join(c["source"]).startswith("# NBVAL_IGNORE_OUTPUT") for c in code)
+    readme = (NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    row = next((line for line in readme.splitlines() if line.startswith(f"| {path.stem[:2]} |")), None)
+    assert row is not None, f"notebooks/README.md has no row for lesson {path.stem[:2]}"
+    assert f"{marked} of {len(code)} code cells" in row, f"lesson {path.stem[:2]}: {marked} of {len(code)} marked"
