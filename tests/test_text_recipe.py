@@ -214,3 +214,4 @@ def test_a_killed_text_run_resumes_with_the_numbers_of_an_uninterrupted_one(tmp_
 def test_resume_without_checkpoints_is_refused(capsys):
     assert main(["text", "--profile", "smoke", "--resume"]) == 2
     assert "--resume needs --checkpoints DIR" in capsys.readouterr().err
+
