@@ -9,7 +9,7 @@ lm`` recipe and repeated runs all want the same one. The cache key is a SHA-256 
 everything that decides the trained weights: the teacher's model settings, its steps,
 batch size and optimiser settings, the split seed, the training seed and the corpus
 itself (its characters hash). Change any of them and a new teacher is trained; the old
-file stays (delete ``runs/teachers/`` to reclaim the space).
+file stays (delete the folder, :func:`cache_root`, to reclaim the space).
 
 The teacher is trained exactly as ``kd_ref.recipes.text.run_seed`` trains its own
 (``seed_everything(seed)``, a fresh ``CharGPT``, the seeded crops of the training blocks,
@@ -33,15 +33,24 @@ from .distillers import Scratch
 from .models import CharGPT
 from .train import seed_everything
 
-DEFAULT_ROOT = Path("runs") / "teachers"
 CACHE_ENV = "KD_TEACHER_CACHE"          # overrides the folder (tests point it at a temporary one)
 _KEY_FIELDS = ("context", "teacher_layers", "teacher_width", "n_head", "batch_size", "teacher_steps", "lr",
                "weight_decay", "warmup", "eval_every")
 
 
 def cache_root(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else ``$KD_TEACHER_CACHE``, else ``runs/teachers`` (relative to the working directory)."""
-    return Path(root or os.environ.get(CACHE_ENV) or DEFAULT_ROOT)
+    """``root``, else ``$KD_TEACHER_CACHE``, else the default folder.
+
+    The default is ``runs/teachers/`` of the course's checkout (git-ignored) when ``kd_ref`` is
+    imported from one, so notebooks (run from ``notebooks/``) and commands (run from the top)
+    share it; for an installed ``kd_ref``, ``~/.cache/kd_ref/teachers``.
+    """
+    if root or os.environ.get(CACHE_ENV):
+        return Path(root or os.environ[CACHE_ENV])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / "runs" / "teachers"
+    return Path.home() / ".cache" / "kd_ref" / "teachers"
 
 
 def teacher_key(config, text: str, seed: int, split_seed: int) -> dict:

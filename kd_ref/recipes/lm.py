@@ -42,6 +42,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,7 @@ from ..report import effect_lines, summarize, text_table
 from ..teacher import teacher_forward
 from ..teacher_cache import cached_text_teacher
 from ..train import cosine_schedule, fit, seed_everything
+from .seeds import map_seeds
 from .options import CommandError, add_study_options, save_json_option, start_study
 from .text import CONFIGS as TEXT_CONFIGS, SPLIT_SEED
 
@@ -71,18 +73,18 @@ class LMConfig:
     (the corpus's, the teacher's or the student's, by method); ``prompt + new <= context``.
     """
 
-    prompt: int = 32
-    new: int = 32
+    prompt: int = 24
+    new: int = 24
     batch_size: int = 16
-    steps: int = 150                 # student updates, every method
+    steps: int = 100                 # student updates, every method
     lr: float = 1.5e-2               # the text recipe's student learning rate
-    warmup: int = 20
+    warmup: int = 10
     temperature: float = 1.0         # sampling temperature of the students and of the teacher's pool
-    pool: int = 512                  # teacher continuations for sequence-level KD
+    pool: int = 256                  # teacher continuations for sequence-level KD
     beta: float = 0.5                # GKD's JSD_beta (beta = weight of the teacher in the mixture)
     lam: float = 0.5                 # GKD's fraction of on-policy rows
-    eval_prompts: int = 64           # test prompts whose continuations are scored
-    eval_chars: int = 12000          # test characters scored for bits per character
+    eval_prompts: int = 48           # test prompts whose continuations are scored
+    eval_chars: int = 8000           # test characters scored for bits per character
 
 
 LM_CONFIGS = {
@@ -356,6 +358,26 @@ def teacher_pool(teacher: CharGPT, data: LMData, lm: LMConfig, seed: int = 0) ->
                   "seconds": time.perf_counter() - start}
 
 
+def cached_teacher_pool(teacher: CharGPT, teacher_info: dict, data: LMData, lm: LMConfig, seed: int = 0,
+                        verbose: bool = True) -> tuple[torch.Tensor, dict]:
+    """:func:`teacher_pool`, kept beside the cached teacher (``kd_ref.teacher_cache``) and reused.
+
+    The file is named after the teacher's file and the pool's settings (prompt, new, pool
+    size, temperature, seed); ``cost`` is what generating it took when it was made, plus
+    ``"cached"``. Like DeepSeek-R1's distillation data, the teacher's samples are made once.
+    """
+    key = f"{lm.prompt}-{lm.new}-{lm.pool}-{lm.temperature:g}-{seed}"
+    path = Path(teacher_info["path"]).with_suffix(f".pool-{key}.pt")
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if verbose:
+            print(f"teacher pool loaded from the cache {path}")
+        return saved["pool"], {**saved["cost"], "cached": True}
+    pool, cost = teacher_pool(teacher, data, lm, seed)
+    torch.save({"pool": pool, "cost": cost}, path)
+    return pool, {**cost, "cached": False}
+
+
 def make_student(name: str, initial: CharGPT, initial_wide: CharGPT, teacher: CharGPT, config, lm: LMConfig,
                  seed: int):
     """The distiller of a method (see the module docstring); students are copies of the shared starts."""
@@ -423,6 +445,12 @@ def run_lm_seed(seed: int, teacher: CharGPT, data: LMData, config, lm: LMConfig,
         if on_model is not None:
             on_model(name, results[name])
     return results
+
+
+def gkd_validation(beta: float, teacher: CharGPT, data: LMData, config, lm: LMConfig, seed: int = 0) -> dict:
+    """One GKD student with ``beta``, scored on the **validation** half (for choosing beta); its results."""
+    trial = dataclasses.replace(lm, beta=beta)
+    return run_lm_seed(seed, teacher, data, config, trial, ("student_gkd",), split="val")["student_gkd"]
 
 
 def teacher_scores(teacher: CharGPT, data: LMData, lm: LMConfig, split: str = "test", seed: int = 0) -> dict:
@@ -533,14 +561,17 @@ def run(args: argparse.Namespace) -> int:
                                         root=args.teacher_cache)
     pool = None
     if "student_seqkd" in methods:
-        pool, cost = teacher_pool(teacher, data, lm)
+        pool, cost = cached_teacher_pool(teacher, info, data, lm)
         print(f"sequence-level KD pool: {lm.pool} teacher continuations of {lm.new} characters "
               f"({cost['teacher_tokens'] / 1e3:,.0f}k teacher tokens, {cost['seconds']:.0f} s, paid once)")
-    per_seed = []
-    for seed in range(args.seeds):
-        per_seed.append(run_lm_seed(seed, teacher, data, config, lm, methods, pool=pool, device=device,
-                                    on_model=lambda name, r, seed=seed: print(
-                                        f"  seed {seed} {name}: {r['bits_per_char']:.3f} bits/char", flush=True)))
+    if device.type == "cpu":       # seeds side by side, one process per core (kd_ref.recipes.seeds)
+        per_seed = map_seeds(run_lm_seed, range(args.seeds), teacher, data, config, lm, methods, pool)
+    else:
+        per_seed = [run_lm_seed(seed, teacher, data, config, lm, methods, pool=pool, device=device)
+                    for seed in range(args.seeds)]
+    for seed, results in enumerate(per_seed):
+        print(f"  seed {seed}: " + ", ".join(f"{n} {r['bits_per_char']:.3f}" for n, r in results.items())
+              + " (test bits/char)")
     teacher_row = teacher_scores(teacher, data, lm)
     seconds = time.perf_counter() - began
     print()
