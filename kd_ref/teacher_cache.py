@@ -7,7 +7,7 @@
 A teacher is the expensive part of every text study, and lessons 07 and 09, the ``kd-ref
 lm`` recipe and repeated runs all want the same one. The cache key is a SHA-256 of
 everything that decides the trained weights: the teacher's model settings, its steps,
-batch size and optimiser settings, the split seed, the training seed and the corpus
+batch size and optimiser settings, the split (seed and test fraction), the training seed and the corpus
 itself (its characters hash). Change any of them and a new teacher is trained; the old
 file stays (delete the folder, :func:`cache_root`, to reclaim the space).
 
@@ -34,6 +34,7 @@ from .models import CharGPT
 from .train import seed_everything
 
 CACHE_ENV = "KD_TEACHER_CACHE"          # overrides the folder (tests point it at a temporary one)
+TEST_FRACTION = 0.1     # kd_ref.recipes.text.TEST_FRACTION (not imported: the recipes import this module)
 _KEY_FIELDS = ("context", "teacher_layers", "teacher_width", "n_head", "batch_size", "teacher_steps", "lr",
                "weight_decay", "warmup", "eval_every")
 
@@ -56,7 +57,7 @@ def cache_root(root: str | os.PathLike | None = None) -> Path:
 def teacher_key(config, text: str, seed: int, split_seed: int) -> dict:
     """The settings that decide a trained teacher, and their short hash (``key["hash"]``)."""
     settings = {name: getattr(config, name) for name in _KEY_FIELDS}
-    settings.update(seed=int(seed), split_seed=int(split_seed), torch=torch.__version__.split("+")[0],
+    settings.update(seed=int(seed), split_seed=int(split_seed), test_fraction=TEST_FRACTION, torch=torch.__version__.split("+")[0],
                     text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], n_chars=len(text))
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return {**settings, "hash": digest}
@@ -87,7 +88,7 @@ def cached_text_teacher(config, text: str, seed: int, *, split_seed: int = 0, de
             print(f"teacher (seed {seed}) loaded from the cache {path} (trained in {info['train_seconds']:.0f} s)")
         return teacher.to(device).eval(), info
 
-    split = split_text(vocab.encode(text), config.context, seed=split_seed)
+    split = split_text(vocab.encode(text), config.context, seed=split_seed, test_fraction=TEST_FRACTION)
     windows = ValidationWindows(split.val, config.context, config.eval_batch_size)
     seed_everything(seed)
     teacher = CharGPT(model_config)                                    # built right after seeding, as the recipe does

@@ -24,9 +24,8 @@ the **same prompts** (the seeded training crops) for the **same number of update
     student_wide_kd   the same wide student from a random start + token-level KD: the
                       paired control that says what the initialisation itself buys
 
-Scored on held-out **test** text (half of the validation blocks of ``kd-ref text``'s
-split, carved here until ``split_text`` has its own test split; settings were chosen on
-the other half): bits per character; the teacher's bits per character on the student's own
+Scored on held-out **test** text (the test blocks of ``kd-ref text``'s split; settings are
+chosen on its validation blocks): bits per character; the teacher's bits per character on the student's own
 samples (how likely the teacher finds what the student writes); the student's entropy on
 its own samples (mode seeking lowers it); top-1 agreement with the teacher at each
 position of the student's own continuation (exposure bias); and cost (teacher tokens
@@ -59,7 +58,7 @@ from ..teacher_cache import cached_text_teacher
 from ..train import cosine_schedule, fit, seed_everything
 from .seeds import map_seeds
 from .options import CommandError, add_study_options, save_json_option, start_study
-from .text import CONFIGS as TEXT_CONFIGS, SPLIT_SEED
+from .text import CONFIGS as TEXT_CONFIGS, SPLIT_SEED, TEST_FRACTION
 
 METHODS = ("student_scratch", "student_kd", "student_seqkd", "student_onpolicy", "student_gkd",
            "student_init_kd", "student_wide_kd")
@@ -97,13 +96,13 @@ LM_CONFIGS = {
 
 # -- data ---------------------------------------------------------------------------------------
 def lm_split(ids: torch.Tensor, context: int, split_seed: int = SPLIT_SEED):
-    """``(train_blocks, val_blocks, test_blocks)``: the text recipe's split, its validation blocks halved.
+    """``(train_blocks, val_blocks, test_blocks)``: the text recipe's split (``TEST_FRACTION`` of the blocks for test).
 
-    Blocks alternate (in corpus order) between validation and test, so both halves cover
-    the whole corpus. Settings are chosen on ``val``; ``test`` is scored once.
+    The same split as ``kd-ref text`` and its cached teacher: the teacher never saw a validation
+    or test block. Settings are chosen on ``val``; ``test`` is scored once.
     """
-    split = split_text(ids, context, seed=split_seed)
-    return split.train, split.val[0::2], split.val[1::2]
+    split = split_text(ids, context, seed=split_seed, test_fraction=TEST_FRACTION)
+    return split.train, split.val, split.test
 
 
 def truncate_blocks(blocks: list[torch.Tensor], chars: int, context: int) -> list[torch.Tensor]:
@@ -584,8 +583,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(lines))
     if profile == "smoke":
         print("\nprofile smoke: tiny sizes, numbers not meaningful; run with --profile cpu for the real study")
-    data_line = (f"{source}: {len(text):,} characters; train / val / test blocks {len(data.train)} / "
-                 f"half / half of the validation blocks (split seed {SPLIT_SEED})")
+    data_line = (f"{source}: {len(text):,} characters; {len(data.train)} training blocks, validation and test "
+                 f"blocks of the text recipe's split (split seed {SPLIT_SEED})")
     save_json_option(args.json, profile=profile, data=data_line, device=str(device), seconds=seconds,
                      rows=summarize_lm(per_seed, teacher_row),
                      settings={"text": dataclasses.asdict(config), "lm": dataclasses.asdict(lm),
