@@ -8,6 +8,7 @@ import torch
 
 import numpy_ref as ref
 from kd_ref.cli import main
+from kd_ref.data.text import split_text
 from kd_ref.losses import IGNORE_INDEX
 from kd_ref.models import CharGPT, GPTConfig
 from kd_ref.recipes import lm as L
@@ -180,7 +181,7 @@ def test_sample_scores_of_the_teacher_on_its_own_samples():
     assert scores["entropy_bits"] == pytest.approx((-(p * np.log2(p)).sum(-1)).mean(), rel=1e-5)
 
 
-def test_token_counter_counts_positions_and_lm_split_halves_validation():
+def test_token_counter_counts_positions_and_lm_split_is_the_text_split():
     model = tiny()
     counter = L.TokenCounter(model)
     model(torch.zeros(3, 7, dtype=torch.long))
@@ -188,9 +189,11 @@ def test_token_counter_counts_positions_and_lm_split_halves_validation():
     model(torch.zeros(3, 7, dtype=torch.long))
     assert counter.tokens == 21
     ids = torch.arange(5000) % V
-    train, val, test = L.lm_split(ids, 16)
-    assert len(val) + len(test) == 10 and abs(len(val) - len(test)) <= 1
-    assert not {b.data_ptr() for b in val} & {b.data_ptr() for b in test}
+    train, val, test = L.lm_split(ids, 16)                             # the text recipe's split, test included
+    split = split_text(ids, 16, seed=0, test_fraction=0.1)
+    assert [len(train), len(val), len(test)] == [len(split.train), len(split.val), len(split.test)] == [80, 10, 10]
+    starts = lambda blocks: {b.data_ptr() for b in blocks}
+    assert not starts(train) & starts(val) and not starts(train) & starts(test) and not starts(val) & starts(test)
 
 
 def test_parse_methods():
