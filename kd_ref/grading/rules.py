@@ -74,6 +74,12 @@ RULES: dict[str, dict[str, Rule]] = {
         "q1": Rule((), ("kd_loss", "soft_cross_entropy"), ("kd_ref.kd_loss", "kd_ref.soft_cross_entropy")),
         "q2": Rule((), ("hidden_state_loss",), ("kd_ref.hidden_state_loss",)),
     },
+    "ex08_on_policy_distillation": {
+        "q1": Rule((), ("generalized_jsd_loss", "reverse_kl_loss", "kd_loss", "skew_kl_loss", "skew_reverse_kl_loss"),
+                   ("kd_ref.generalized_jsd_loss", "kd_ref.reverse_kl_loss", "kd_ref.kd_loss")),
+        # its checks put kd_ref.generalized_jsd_loss in place of q1's answer: only the static scan here
+        "q2": Rule((), ("generalized_jsd_loss", "reverse_kl_loss", "OnPolicyKD", "sample_continuations"), ()),
+    },
 }
 
 

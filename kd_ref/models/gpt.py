@@ -232,20 +232,30 @@ class CharGPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Extend ``idx`` ``(B, T0)`` by ``max_new_tokens`` sampled tokens; returns ``(B, T0 + max_new_tokens)``.
 
         Each new token is drawn from ``softmax(logits / temperature)`` at the last
-        position (the context is cropped to the last ``context`` tokens). Pass a seeded
-        ``generator`` for reproducible samples. Runs in eval mode.
+        position (the context is cropped to the last ``context`` tokens); with ``top_k``
+        only the k most likely tokens keep their probability (renormalised; Fan, Lewis &
+        Dauphin 2018, "Hierarchical Neural Story Generation"). All B prompts are extended
+        together (one forward pass per new token). No gradient is recorded: the result
+        is a constant integer tensor, so a loss on it cannot backpropagate into the
+        sampling (on-policy distillation relies on this). Pass a seeded ``generator`` for
+        reproducible samples. Runs in eval mode.
         """
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got temperature={temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got top_k={top_k!r}")
         was_training = self.training
         self.eval()
         for _ in range(max_new_tokens):
             window = idx[:, -self.config.context:]                          # (B, <= context)
             logits = self(window)[:, -1, :] / temperature                   # (B, vocab_size)
+            if top_k is not None and top_k < logits.size(-1):
+                kth = logits.topk(top_k, dim=-1).values[:, -1:]              # (B, 1): the k-th largest
+                logits = logits.masked_fill(logits < kth, float("-inf"))     # (B, vocab_size)
             probs = torch.softmax(logits.float(), dim=-1)                   # (B, vocab_size)
             nxt = torch.multinomial(probs, 1, generator=generator)          # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)                              # (B, T + 1)

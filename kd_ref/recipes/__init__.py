@@ -3,9 +3,9 @@
 Each module has ``register(subparsers)``, which adds its subcommand and sets
 ``run=callable(args) -> int`` as the subcommand's default.
 """
-from . import bench, cifar, digits, grade, text
+from . import bench, cifar, digits, grade, lm, text
 
-RECIPES = (digits, cifar, text, grade, bench)
+RECIPES = (digits, cifar, text, lm, grade, bench)
 
 
 def register_all(subparsers) -> None:
