@@ -143,7 +143,7 @@ class Lesson:
         Values must be JSON-serialisable (dataclasses: pass ``dataclasses.asdict(config)``).
         """
         try:
-            json.dumps(settings)
+            settings = json.loads(json.dumps(settings))     # as the results file will hold them (tuples -> lists)
         except TypeError as err:
             raise ValueError(f"settings must be JSON-serialisable: {err}") from None
         self._settings = settings
