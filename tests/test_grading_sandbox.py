@@ -106,7 +106,8 @@ def test_each_hostile_cell_is_stopped_and_reported(sandboxed_class):
 @needs_bwrap
 def test_the_hostile_notebooks_answers_and_the_other_notebook_are_still_graded(sandboxed_class):
     book = sandboxed_class[0]
-    assert [(Path(r.notebook).name, r.total) for r in book.rows] == [("hostile.ipynb", 15.0), ("solved.ipynb", 15.0)]
+    # exercise 02 is worth 18 points since issue 12 (was 15): full marks for both notebooks
+    assert [(Path(r.notebook).name, r.total) for r in book.rows] == [("hostile.ipynb", 18.0), ("solved.ipynb", 18.0)]
     assert book.rows[1].problems == []
 
 
