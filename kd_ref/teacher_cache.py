@@ -85,7 +85,7 @@ def cached_text_teacher(config, text: str, seed: int, *, split_seed: int = 0, de
         teacher.load_state_dict(saved["state"])
         info = {**saved["info"], "cached": True, "path": str(path)}
         if verbose:
-            print(f"teacher (seed {seed}) loaded from the cache {path} (trained in {info['train_seconds']:.0f} s)")
+            print(f"teacher (seed {seed}) loaded from the teacher cache, entry {path.name} (trained in {info['train_seconds']:.0f} s)")
         return teacher.to(device).eval(), info
 
     split = split_text(vocab.encode(text), config.context, seed=split_seed, test_fraction=TEST_FRACTION)
@@ -94,7 +94,7 @@ def cached_text_teacher(config, text: str, seed: int, *, split_seed: int = 0, de
     teacher = CharGPT(model_config)                                    # built right after seeding, as the recipe does
     crops = RandomCrops(split.train, config.context, config.batch_size, config.teacher_steps, seed=seed)
     if verbose:
-        print(f"training the teacher (seed {seed}, {config.teacher_steps} steps); it will be cached in {path}",
+        print(f"training the teacher (seed {seed}, {config.teacher_steps} steps); it will be cached as {path.name}",
               flush=True)
     start = time.perf_counter()
     log = train_model(Scratch(teacher, padding=True), crops, lr=config.lr, config=config, windows=windows,
