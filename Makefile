@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # The smoke profile keeps every training run in CI to seconds; one worker per core, each
 # notebook and test file whole on one worker (nbval runs a notebook's cells in one kernel).
 test: $(STAMP)
-	KD_PROFILE=smoke $(PY) -m pytest -n auto --dist loadfile
+	KD_PROFILE=smoke $(PY) -m pytest -n auto --dist loadfile --durations=25
 
 # The fast inner loop: the unit tests only (no notebooks, no kernels, no subprocess runs:
 # tests marked slow), on every core.
