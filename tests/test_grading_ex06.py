@@ -7,6 +7,9 @@ by tests/test_grading.py. Here, for each mistake issue 13 lists:
   the wrong answer and on the master's, with three salts, is failed by the wrong answer every
   time (the hidden inputs fix which images are flipped, which crops touch the border and which
   samples agree, whatever the salt, so no verdict depends on chance), and passed by the solution;
+* fast: calling kd_ref's crop_flip or metrics in the answer is caught, torchvision is forbidden in
+  q1's cells, and the two grader rules this exercise needs (a uint8 reference needs a uint8
+  answer; a returned dict's key order does not matter) hold;
 * slow, whole notebooks in a grading kernel (three cases): the mistakes cost their question's
   points, and the other questions keep theirs.
 """
@@ -194,6 +197,29 @@ def test_a_right_answer_written_differently_passes_every_hidden_check(question, 
     for name, source in _hidden_checks(question):
         for salt in SALTS:
             assert _verdict(looped if question == "q1" else pooled, name, source, param, salt, question), (name, salt)
+
+
+def test_the_oracle_and_torchvision_are_forbidden_in_the_rebuilt_questions(one_thread):
+    from kd_ref.grading.rules import static_findings
+    by_kd_ref = """
+    def crop_and_flip(images, top, left, flip, pad=4):
+        from kd_ref.data.device_pipeline import crop_flip as c, pad_channels_last as p
+        return c(p(images, pad), torch.arange(len(images)), top, left, flip, images.shape[-1]).contiguous()
+    """
+    by_metrics = """
+    def agreement_scores(batches):
+        from kd_ref.metrics import accuracy, fidelity as agreement
+        s, t, y = (torch.cat(p) for p in zip(*batches))
+        return {"student_accuracy": accuracy(s, y), "teacher_accuracy": accuracy(t, y),
+                "fidelity": agreement(s, t), "kl": kd_ref.kd_loss(s, t, T=1.0).item()}
+    """
+    for question, param, code in (("q1", "crop_and_flip", by_kd_ref), ("q2", "agreement_scores", by_metrics)):
+        name, source = _hidden_checks(question)[0]
+        record = _record(code, name, source, param, SALTS[0], question)
+        assert record["forbidden"] and not grade_mod._verdict(record, _reference(name, source, param, SALTS[0],
+                                                                                  question))[0]
+    assert static_findings("import torchvision.transforms.v2.functional as TF",
+                           rule_for("ex06_feature_kd_step", "q1")) == ["import torchvision.transforms.v2.functional"]
 
 
 def test_the_grader_holds_a_uint8_reference_to_its_dtype_and_other_integers_as_before():
