@@ -2,8 +2,10 @@
 
 A learner sees only the public checks while working, so a mistake the prompt warns about
 must fail one, with a message that says what was expected: a regressor without a bias
-(ex03 q1), attention-transfer code that never pools, or always pools the teacher (ex04 q2,
-ex06 q2: cases with the student's map larger and with the teacher's larger), and
+(ex03 q1), attention-transfer code that never pools, or always pools the teacher (ex04 q2:
+cases with the student's map larger and with the teacher's larger), a reflected border or
+a top-bottom flip in the batched crop and flip (ex06 q1), per-batch fractions averaged, agreement
+counted only where right, the predictive KL reversed or taken as ``softmax().log()`` (ex06 q2), and
 ``softmax(...).log()`` on confident logits (ex07 q1). Each public check is read from the
 master notebook and run here on the wrong answer (fast, no kernel); the solution passes it.
 The slow tests grade whole notebooks: the same mistakes lose their question's points.
@@ -14,6 +16,7 @@ import textwrap
 import pytest
 
 from kd_ref.grading.assign import SOLUTIONS
+from test_grading_ex06 import _SCORES, AGREE, CROP_MISTAKES, SCORE_MISTAKES
 
 PRELUDE = "import torch\nimport torch.nn.functional as F\nfrom torch import nn\nimport kd_ref\n"
 
@@ -90,15 +93,25 @@ KL_DIV_OF_LOG_SOFTMAX = """
         return T * T * kl[mask].mean()
     """
 
+SCORES_LOG_OF_SOFTMAX = _SCORES.format(agree=AGREE, kl="(log_t.exp() * (log_t - log_s)).sum().item()").replace(
+    "F.log_softmax(s, -1), F.log_softmax(t, -1)", "F.softmax(s, -1).log(), F.softmax(t, -1).log()")
+
 CASES = {   # (master, question, wrong answer, what the failure message must say)
     "ex03 regressor without a bias": ("ex03_hints_and_hooks", "q1", NO_BIAS, "needs a bias"),
     "ex04 never pools": ("ex04_attention", "q2", ATTENTION_MAP + NEVER_POOLS.format(name="at_loss"), None),
     "ex04 always pools the teacher": ("ex04_attention", "q2",
                                       ATTENTION_MAP + ALWAYS_POOLS_THE_TEACHER.format(name="at_loss"),
                                       "pool the LARGER map"),
-    "ex06 never pools": ("ex06_feature_kd_step", "q2", NEVER_POOLS.format(name="at_term"), None),
-    "ex06 always pools the teacher": ("ex06_feature_kd_step", "q2", ALWAYS_POOLS_THE_TEACHER.format(name="at_term"),
-                                      "pool the student"),
+    "ex06 reflected border": ("ex06_feature_kd_step", "q1", CROP_MISTAKES["reflect_padding"], "pad with zeros"),
+    "ex06 rows flipped": ("ex06_feature_kd_step", "q1", CROP_MISTAKES["flips_the_rows"], "mirror the columns"),
+    "ex06 offsets off by one": ("ex06_feature_kd_step", "q1", CROP_MISTAKES["offsets_off_by_one"], "counted from 0"),
+    "ex06 int64 images": ("ex06_feature_kd_step", "q1", CROP_MISTAKES["returns_int64"], "keep the dtype uint8"),
+    "ex06 mean of batch means": ("ex06_feature_kd_step", "q2", SCORE_MISTAKES["mean_of_batch_means"],
+                                 "every sample counts once"),
+    "ex06 agreement only when right": ("ex06_feature_kd_step", "q2", SCORE_MISTAKES["agreement_only_when_right"],
+                                       "whether or not the prediction is right"),
+    "ex06 KL reversed": ("ex06_feature_kd_step", "q2", SCORE_MISTAKES["kl_swapped"], "from the teacher to the student"),
+    "ex06 softmax().log()": ("ex06_feature_kd_step", "q2", SCORES_LOG_OF_SOFTMAX, "F.log_softmax"),
     "ex07 softmax().log()": ("ex07_token_kd", "q1", LOG_OF_SOFTMAX, "F.log_softmax"),
     "ex07 kl_div of softmax().log()": ("ex07_token_kd", "q1", KL_DIV_OF_LOG_SOFTMAX, "F.log_softmax"),
 }
@@ -115,7 +128,8 @@ def test_the_public_check_catches_the_mistake(case):
 
 @pytest.mark.parametrize("master, question, marker", [
     ("ex03_hints_and_hooks", "q1", "class Regressor1x1("), ("ex04_attention", "q2", "def at_loss("),
-    ("ex06_feature_kd_step", "q2", "def at_term("), ("ex07_token_kd", "q1", "def token_kd_loss(")])
+    ("ex06_feature_kd_step", "q1", "def crop_and_flip("), ("ex06_feature_kd_step", "q2", "def agreement_scores("),
+    ("ex07_token_kd", "q1", "def token_kd_loss(")])
 def test_the_solution_passes_the_same_public_check(master, question, marker):
     answer = solution_code(master, marker)
     if master == "ex04_attention":
@@ -127,7 +141,7 @@ def test_the_solution_passes_the_same_public_check(master, question, marker):
 @pytest.mark.parametrize("case, marker", [
     ("ex03 regressor without a bias", "class Regressor1x1("),
     ("ex04 always pools the teacher", "def at_loss("),
-    ("ex06 always pools the teacher", "def at_term("),
+    ("ex06 reflected border", "def crop_and_flip("),
     ("ex07 softmax().log()", "def token_kd_loss(")])
 def test_the_mistake_loses_its_question_points(case, marker, tmp_path):
     from test_grading import grade_with_answers

@@ -329,7 +329,8 @@ def reference_records(master: Path, salt: int, checks: list[Check] | None = None
 # --- comparing records -----------------------------------------------------------------------------------
 
 def _same(a, b) -> bool:
-    """Records equal: same structure; numbers and tensors within RTOL / ATOL (exact for integers and booleans)."""
+    """Records equal: same structure; numbers and tensors within RTOL / ATOL (exact for integers and booleans;
+    a uint8 reference, an image, needs a uint8 answer)."""
     if isinstance(b, bool) or isinstance(a, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(b, (int, float)) and not isinstance(b, bool):
@@ -337,6 +338,8 @@ def _same(a, b) -> bool:
             isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
     if isinstance(b, torch.Tensor):
         if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+            return False
+        if b.dtype == torch.uint8 and a.dtype != torch.uint8:      # images: keeping uint8 is part of the answer
             return False
         if not (b.is_floating_point() or b.is_complex()):
             return (not a.is_floating_point()) and bool(torch.equal(a.to(torch.int64), b.to(torch.int64)))

@@ -106,8 +106,8 @@ def run_check(user_ns, source, name, params, salt, forbidden, forbidden_ops, out
             return x.item() if hasattr(x, "item") else ("other", type(x).__name__)
         if isinstance(x, (list, tuple)):
             return ("seq", [plain(v, depth + 1) for v in x])
-        if isinstance(x, dict):
-            return ("dict", [(str(k), plain(v, depth + 1)) for k, v in x.items()])
+        if isinstance(x, dict):          # in key order: a dict's insertion order is not part of the answer
+            return ("dict", sorted(((str(k), plain(v, depth + 1)) for k, v in x.items()), key=lambda kv: kv[0]))
         if isinstance(x, nn.Module):
             return module_state(x)
         if hasattr(x, "__dict__") and not callable(x):

@@ -66,9 +66,13 @@ RULES: dict[str, dict[str, Rule]] = {
         "q2": Rule(_KD, (), ("kd_ref.rkd_angle_loss", "kd_ref.rkd_loss")),
         "q3": Rule(_KD, (), ("kd_ref.sp_loss",)),
     },
+    # ex06: q1 rebuilds the device pipeline's crop and flip, checked against torchvision (not to be called
+    # in the answer); q2 rebuilds fidelity and the predictive KL. q3 may use kd_ref's hooks and losses.
     "ex06_feature_kd_step": {
-        "q1": Rule((), ("FeatureHooks",), ("kd_ref.FeatureHooks",)),
-        "q2": Rule((), ("at_loss", "attention_map"), ("kd_ref.at_loss", "kd_ref.attention_map")),
+        "q1": Rule(("torchvision",), ("crop_flip", "pad_channels_last"),
+                   ("kd_ref.data.device_pipeline.crop_flip", "kd_ref.data.device_pipeline.pad_channels_last")),
+        "q2": Rule((), ("kd_loss", "soft_cross_entropy"),
+                   ("kd_ref.metrics.fidelity", "kd_ref.metrics.accuracy", *_ORACLE_LOSSES)),
     },
     "ex07_token_kd": {
         "q1": Rule((), ("kd_loss", "soft_cross_entropy"), ("kd_ref.kd_loss", "kd_ref.soft_cross_entropy")),
