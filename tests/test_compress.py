@@ -244,3 +244,15 @@ def test_onnx_export_with_the_dynamo_exporter(tmp_path):
     runtime = compress.OnnxModel(compress.export_onnx(model, x[:2], tmp_path / "d.onnx", dynamo=True))
     with torch.no_grad():
         np.testing.assert_allclose(runtime(x), model(x).numpy(), rtol=0, atol=ONNX_ATOL)
+
+
+def test_onnx_bits_per_char_equals_torchs_on_padded_windows(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from kd_ref.data.text import ValidationWindows, bits_per_char
+    from kd_ref.recipes.compression import onnx_bits_per_char
+    torch.manual_seed(0)
+    gpt = CharGPT(GPTConfig(vocab_size=13, context=8, n_layer=1, n_head=2, width=16)).eval()
+    blocks = [torch.randint(0, 13, (n,)) for n in (20, 11, 9)]             # last windows are padded
+    windows = ValidationWindows(blocks, context=8, batch_size=2)
+    runtime = compress.OnnxModel(compress.export_onnx(gpt, windows.x[:1], tmp_path / "g.onnx", input_name="idx"))
+    assert onnx_bits_per_char(runtime, windows) == pytest.approx(bits_per_char(gpt, windows), abs=1e-5)
