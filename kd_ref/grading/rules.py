@@ -84,6 +84,12 @@ RULES: dict[str, dict[str, Rule]] = {
         # its checks put kd_ref.generalized_jsd_loss in place of q1's answer: only the static scan here
         "q2": Rule((), ("generalized_jsd_loss", "reverse_kl_loss", "OnPolicyKD", "sample_continuations"), ()),
     },
+    # ex10: no kd_ref in the answers (its compress module is the oracle the checks compare with)
+    "ex10_low_rank": {
+        "q1": Rule(_KD, (), ("kd_ref.compress.low_rank_linear", "kd_ref.compress.low_rank_conv2d",
+                             "kd_ref.compress._truncated_factors", "kd_ref.compress.factorize")),
+        "q2": Rule(_KD, (), ("kd_ref.compress.low_rank_error", "kd_ref.compress.factorize")),
+    },
 }
 
 
