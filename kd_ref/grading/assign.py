@@ -1,8 +1,9 @@
 """From a solved master notebook to the learner's notebook and the grading tests (otter assign)."""
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
+import io
+import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -45,12 +46,24 @@ def master_for(notebook: Path | nbformat.NotebookNode, solutions_dir: Path = SOL
 
 
 def _otter_assign(master: Path, out_dir: Path) -> None:
-    """Run ``otter assign`` (tests are checked by our own pytest suite, not here)."""
+    """Run otter's ``assign`` on ``master`` (tests are checked by our own pytest suite, not here).
+
+    In this process, not as ``python -m otter assign``: importing otter costs seconds, the
+    assignment itself a fraction of one, and the grader and the tests assign every master.
+    Otter reads the master relative to the working directory, so it runs from the master's folder.
+    """
+    from otter.assign import main as otter_assign     # imported here: only grading needs otter
+
     master, out_dir = Path(master).resolve(), Path(out_dir).resolve()
-    result = subprocess.run([sys.executable, "-m", "otter", "assign", str(master), str(out_dir)],
-                            capture_output=True, text=True, cwd=master.parent)
-    if result.returncode != 0:
-        raise RuntimeError(f"otter assign failed for {master}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    cwd, log = os.getcwd(), io.StringIO()
+    try:
+        os.chdir(master.parent)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            otter_assign(str(master), str(out_dir), no_pdfs=True)
+    except Exception as err:                          # noqa: BLE001 - otter raises many kinds; say which master
+        raise RuntimeError(f"otter assign failed for {master}: {err}\n{log.getvalue()[-4000:]}") from err
+    finally:
+        os.chdir(cwd)
 
 
 _CACHE_DIR = tempfile.TemporaryDirectory(prefix="kd_ref_grading_")
