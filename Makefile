@@ -18,14 +18,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The smoke profile keeps every training run in CI to seconds; one worker per core, each
-# notebook and test file whole on one worker (nbval runs a notebook's cells in one kernel).
+# notebook and test file whole on one worker (nbval runs a notebook's cells in one kernel), and
+# one torch thread per process (workers, kernels, subprocesses): two workers of two threads each
+# on two cores only wait for each other.
 test: $(STAMP)
-	KD_PROFILE=smoke $(PY) -m pytest -n auto --dist loadfile --durations=25
+	OMP_NUM_THREADS=1 KD_PROFILE=smoke $(PY) -m pytest -n auto --dist loadfile --durations=25
 
 # The fast inner loop: the unit tests only (no notebooks, no kernels, no subprocess runs:
 # tests marked slow), on every core.
 unit: $(STAMP)
-	KD_PROFILE=smoke $(PY) -m pytest tests -m "not slow" -p no:nbval -o addopts=-ra -n auto --dist loadfile
+	OMP_NUM_THREADS=1 KD_PROFILE=smoke $(PY) -m pytest tests -m "not slow" -p no:nbval -o addopts=-ra -n auto --dist loadfile
 
 # --allow-root only when run as root (containers); JupyterLab refuses root otherwise.
 lab: $(STAMP)
