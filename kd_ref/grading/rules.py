@@ -84,6 +84,14 @@ RULES: dict[str, dict[str, Rule]] = {
         # its checks put kd_ref.generalized_jsd_loss in place of q1's answer: only the static scan here
         "q2": Rule((), ("generalized_jsd_loss", "reverse_kl_loss", "OnPolicyKD", "sample_continuations"), ()),
     },
+    # ex09: no kd_ref in the answers' cells; while they run, the cached loss (and every loss of the
+    # oracle, any of which could stand in for it at k = C) and the report's interval functions are disabled
+    "ex09_cached_teacher": {
+        "q1": Rule(_KD, (), ("kd_ref.losses.cached.cached_kd_loss", "kd_ref.losses.cached.topk_targets",
+                             "kd_ref.losses.cached._log_rest", *_ORACLE_LOSSES)),
+        "q2": Rule(_KD, (), ("kd_ref.report.paired_effect", "kd_ref.report.compare", "kd_ref.report.effect_lines",
+                             "kd_ref.report.t_quantile")),
+    },
     # ex10: no kd_ref in the answers (its compress module is the oracle the checks compare with)
     "ex10_low_rank": {
         "q1": Rule(_KD, (), ("kd_ref.compress.low_rank_linear", "kd_ref.compress.low_rank_conv2d",
