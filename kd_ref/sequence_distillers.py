@@ -81,18 +81,20 @@ class HiddenAttentionKD(LogitKD):
 
     def forward(self, x, y):
         mask = self.real_positions(y)
-        out_s = self.student.forward_internals(x, mask, attentions=True)
-        out_t = teacher_forward(self.teacher.forward_internals, x, mask, attentions=True)   # eval, no graph
-        hidden = torch.stack([
+        # A weight of 0 switches its term off (the ablations of the text recipe): it is not computed, and
+        # without the attention term both models keep the fused attention kernel.
+        attentions = self.attention_weight != 0
+        out_s = self.student.forward_internals(x, mask, attentions=attentions)
+        out_t = teacher_forward(self.teacher.forward_internals, x, mask, attentions=attentions)   # eval, no graph
+        terms = self.logit_terms(out_s.logits, out_t.logits, y, mask)
+        zero = out_s.logits.new_zeros(())
+        terms["hidden"] = zero if self.hidden_weight == 0 else self.hidden_weight * torch.stack([
             hidden_state_loss(out_s.hidden_states[m], out_t.hidden_states[n], projection=w, mask=mask)
             for m, (n, w) in enumerate(zip(self.layer_map, self.projections))
         ]).mean()
-        attention = torch.stack([
+        terms["attention"] = zero if not attentions else self.attention_weight * torch.stack([
             attention_kl_loss(out_s.attention_scores[m - 1], out_t.attention_scores[n - 1], mask=mask,
                               inputs="scores")
             for m, n in enumerate(self.layer_map) if m > 0
         ]).mean()
-        terms = self.logit_terms(out_s.logits, out_t.logits, y, mask)
-        terms["hidden"] = self.hidden_weight * hidden
-        terms["attention"] = self.attention_weight * attention
         return out_s.logits, terms

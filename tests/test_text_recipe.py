@@ -177,6 +177,38 @@ def test_profiles_keep_equal_head_counts_and_a_whole_layer_map():
         assert config.teacher_width % config.n_head == 0 and config.student_width % config.n_head == 0, name
 
 
+def test_the_ablations_keep_one_intermediate_term_and_match_the_full_rows_terms():
+    from kd_ref.models import CharGPT
+    from kd_ref.recipes.text import ABLATIONS, make_distiller
+
+    config = CONFIGS["smoke"]
+    torch.manual_seed(0)
+    teacher, student = CharGPT(config.model(11, "teacher")), CharGPT(config.model(11, "student"))
+    ids = torch.randint(0, 11, (3, config.context + 1), generator=torch.Generator().manual_seed(1))
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def terms(name):
+        torch.manual_seed(2)                       # the same projections for every row
+        distiller = make_distiller(name, student, teacher, config)
+        return distiller, distiller(x, y)[1]
+
+    _, full = terms("student_kd_hidden_attn")
+    assert full["hidden"] > 0 and full["attention"] > 0
+    for name, kept, dropped in (("student_kd_hidden", "hidden", "attention"), ("student_kd_attn", "attention", "hidden")):
+        assert name in ABLATIONS and name not in METHODS     # the lesson's rows are unchanged
+        distiller, got = terms(name)
+        assert got[dropped].item() == 0.0, name
+        torch.testing.assert_close(got[kept], full[kept], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["kd"], full["kd"], rtol=1e-5, atol=1e-6)
+        sum(got.values()).backward()
+        projections_trained = any(p.grad is not None and p.grad.abs().sum() > 0
+                                  for p in distiller.projections.parameters())
+        assert projections_trained == (kept == "hidden"), name
+        student.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="student_kd_attn"):
+        make_distiller("student_kd_typo", student, teacher, config)
+
+
 @pytest.mark.slow
 def test_a_killed_text_run_resumes_with_the_numbers_of_an_uninterrupted_one(tmp_path):
     """Kill ``kd-ref text`` right after its first checkpoint, resume it, and compare with a fresh run."""

@@ -127,6 +127,8 @@ CONFIGS = {
 }
 
 METHODS = ("student_scratch", "student_kd", "student_kd_hidden_attn")
+# The ablation of the last row: token KD + one intermediate term only (the other's weight set to 0).
+ABLATIONS = ("student_kd_hidden", "student_kd_attn")
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
@@ -154,16 +156,20 @@ def train_model(distiller, crops: RandomCrops, *, lr: float, config: "TextConfig
 
 
 def make_distiller(name: str, student: CharGPT, teacher: CharGPT, config: TextConfig):
-    """The distiller of a student row: scratch, token KD, or token KD + hidden + attention."""
+    """The distiller of a student row: scratch, token KD, token KD + hidden + attention, or one of its
+    ablations (``ABLATIONS``: token KD + hidden states only, token KD + attention only)."""
     kd = dict(T=config.T, kd_weight=config.kd_weight, ce_weight=config.ce_weight)
     if name == "student_scratch":
         return Scratch(student, padding=True)
     if name == "student_kd":
         return LogitKD(student, teacher, **kd, padding=True)
-    if name == "student_kd_hidden_attn":
-        return HiddenAttentionKD(student, teacher, **kd, hidden_weight=config.hidden_weight,
-                                 attention_weight=config.attention_weight)
-    raise ValueError(f"unknown student method {name!r}; choose one of {', '.join(METHODS)}")
+    weights = {"student_kd_hidden_attn": (config.hidden_weight, config.attention_weight),
+               "student_kd_hidden": (config.hidden_weight, 0.0), "student_kd_attn": (0.0, config.attention_weight)}
+    if name in weights:
+        hidden_weight, attention_weight = weights[name]
+        return HiddenAttentionKD(student, teacher, **kd, hidden_weight=hidden_weight,
+                                 attention_weight=attention_weight)
+    raise ValueError(f"unknown student method {name!r}; choose one of {', '.join(METHODS + ABLATIONS)}")
 
 
 def inference_tokens_per_s(model: CharGPT, windows: ValidationWindows, device) -> float:
