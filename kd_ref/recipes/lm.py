@@ -370,7 +370,7 @@ def cached_teacher_pool(teacher: CharGPT, teacher_info: dict, data: LMData, lm: 
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if verbose:
-            print(f"teacher pool loaded from the cache {path}")
+            print(f"teacher pool loaded from the cache: {path.name}")   # no local path in saved outputs
         return saved["pool"], {**saved["cost"], "cached": True}
     pool, cost = teacher_pool(teacher, data, lm, seed)
     torch.save({"pool": pool, "cost": cost}, path)
