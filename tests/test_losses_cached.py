@@ -107,3 +107,14 @@ def test_bad_input_names_the_argument():
         cached_kd_loss(torch.randn(4, 10), targets, mask=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="TopKTargets"):
         cached_kd_loss(torch.randn(4, 10), t)
+
+
+def test_indexing_selects_the_targets_of_those_positions():
+    teacher = torch.randn(6, 4, 10, dtype=torch.float64)
+    targets = topk_targets(teacher, k=3, T=2.0)
+    index = torch.tensor([4, 0, 4])
+    picked = targets[index]
+    want = topk_targets(teacher[index], k=3, T=2.0)
+    for name in ("indices", "log_probs", "log_remainder"):
+        assert torch.equal(getattr(picked, name), getattr(want, name)), name
+    assert (picked.num_classes, picked.T) == (10, 2.0)

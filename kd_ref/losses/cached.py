@@ -60,6 +60,11 @@ class TopKTargets:
         value_bytes = torch.empty((), dtype=value_dtype).element_size()
         return self.k * (index_bytes + value_bytes) + value_bytes
 
+    def __getitem__(self, index) -> "TopKTargets":
+        """The targets of the positions ``index`` (any tensor index over the leading dimensions), e.g. a batch."""
+        return TopKTargets(self.indices[index], self.log_probs[index], self.log_remainder[index],
+                           self.num_classes, self.T)
+
     def to(self, device) -> "TopKTargets":
         return TopKTargets(self.indices.to(device), self.log_probs.to(device), self.log_remainder.to(device),
                            self.num_classes, self.T)

@@ -92,12 +92,6 @@ class ShiftedBatches(SeededBatches):
 
 
 # -- a cached teacher -----------------------------------------------------------------------------
-def select_targets(targets: TopKTargets, index: torch.Tensor) -> TopKTargets:
-    """The cached targets of the examples ``index`` ``(B,)``."""
-    return TopKTargets(targets.indices[index], targets.log_probs[index], targets.log_remainder[index],
-                       targets.num_classes, targets.T)
-
-
 class CachedKD(Distiller):
     """``LogitKD`` whose teacher is a cache: ``kd_weight * cached_kd_loss + ce_weight * CE``.
 
@@ -120,7 +114,7 @@ class CachedKD(Distiller):
     def forward(self, x, index):
         logits = self.student(x)                                               # (B, C)
         index = index.cpu()
-        terms = {"kd": self.kd_weight * cached_kd_loss(logits, select_targets(self.targets, index).to(logits.device))}
+        terms = {"kd": self.kd_weight * cached_kd_loss(logits, self.targets[index].to(logits.device))}
         if self.ce_weight:
             terms["ce"] = self.ce_weight * masked_cross_entropy(logits, self.labels[index].to(logits.device))
         return logits, terms
