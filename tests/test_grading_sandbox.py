@@ -120,3 +120,31 @@ def test_without_bwrap_the_grader_refuses_rather_than_grading_unsandboxed(monkey
         grade_notebook(EX02, SOLUTIONS, sandbox=True)
     assert main(["grade", str(EX02), "--sandbox"]) == 2
     assert "apt-get install -y bubblewrap" in capsys.readouterr().err
+
+
+@needs_bwrap
+def test_a_course_in_a_private_folder_under_tmp_stays_readable_to_the_sandbox(tmp_path, monkeypatch):
+    # a clone made by `mktemp -d` sits in a mode-0700 folder under the hidden /tmp; bwrap would
+    # recreate that folder's mode for the mount point, and the sandbox's own user id (as root)
+    # could then not start Python. The parents are created as 0555 instead.
+    import subprocess
+    import tempfile
+
+    private = Path(tempfile.mkdtemp(prefix="kd_ref_private_", dir="/tmp"))
+    try:
+        assert private.stat().st_mode & 0o777 == 0o700
+        course = private / "course"
+        course.mkdir()
+        (course / "answer.txt").write_text("reached")
+        course.chmod(0o755)
+        (course / "answer.txt").chmod(0o644)
+        needed = sandbox._needed_read_only()
+        monkeypatch.setattr(sandbox, "_needed_read_only", lambda: [*needed, course])
+        scratch = tmp_path / "scratch"
+        sandbox.prepare_scratch(scratch)
+        cmd = sandbox.command(["cat", str(course / "answer.txt")], scratch, sandbox.Limits())
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stdout) == (0, "reached"), done.stderr
+    finally:
+        import shutil
+        shutil.rmtree(private)

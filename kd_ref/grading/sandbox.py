@@ -105,12 +105,12 @@ def command(argv: list[str], scratch: Path, limits: Limits, slot: int = 0) -> li
     if solutions.is_dir():
         hidden.append(solutions)
     for path in hidden:                       # empty and read-only in the sandbox
-        cmd += ["--perms", "0555", "--tmpfs", str(path)]
+        cmd += [*_open_parents(path, hidden), "--perms", "0555", "--tmpfs", str(path)]
     for path in _needed_read_only():
         if any(path == h or h in path.parents for h in hidden) and not any(
                 s == path or s in path.parents for s in [scratch]):
-            cmd += ["--ro-bind", str(path), str(path)]
-    cmd += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch),
+            cmd += [*_open_parents(path, hidden), "--ro-bind", str(path), str(path)]
+    cmd += [*_open_parents(scratch, hidden), "--bind", str(scratch), str(scratch), "--chdir", str(scratch),
             "--setenv", "HOME", str(scratch), "--setenv", "TMPDIR", str(scratch),
             "--setenv", "IPYTHONDIR", str(scratch / ".ipython"), "--setenv", "MPLCONFIGDIR", str(scratch / ".mpl"),
             "--setenv", "JUPYTER_RUNTIME_DIR", str(scratch / ".runtime"),
@@ -124,6 +124,21 @@ def command(argv: list[str], scratch: Path, limits: Limits, slot: int = 0) -> li
     else:
         cmd += ["--", *argv]
     return cmd
+
+
+def _open_parents(path: Path, hidden: list[Path]) -> list[str]:
+    """bwrap options that create ``path``'s parents inside a hidden (tmpfs) directory as mode 0555.
+
+    bwrap otherwise creates a mount point's missing parents with the modes of the real ones, so a
+    course cloned into a ``mktemp -d`` folder (mode 0700) would be unreachable for the sandbox's own
+    user id: the kernel could not even start Python.
+    """
+    roots = [h for h in hidden if h in path.parents]
+    if not roots:
+        return []
+    root = max(roots, key=lambda h: len(h.parts))
+    parents = [p for p in reversed(path.parents) if root in p.parents]
+    return [arg for p in parents for arg in ("--perms", "0555", "--dir", str(p))]
 
 
 def prepare_scratch(scratch: Path) -> None:
