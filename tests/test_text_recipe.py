@@ -158,6 +158,16 @@ def test_kd_effect_reports_paired_differences_with_t_intervals_and_the_gap_close
     # The validation split on request.
     val = kd_effect(_runs([(2.5, 2.2), (3.0, 2.6), (3.5, 3.0)], metric="val_bits_per_char"), "val_bits_per_char")
     assert val.startswith("Effects on validation bits/char") and "-0.400 ± 0.058" in val
+    # With the ablation rows: each intermediate term alone over token KD, and what the other adds to it.
+    runs = _runs([(2.5, 2.2), (3.0, 2.6), (3.5, 3.0)])
+    for run, (hidden, attn) in zip(runs, [(-0.08, 0.01), (-0.10, -0.01), (-0.12, 0.0)]):
+        run["student_kd_hidden"] = {"test_bits_per_char": run["student_kd"]["test_bits_per_char"] + hidden}
+        run["student_kd_attn"] = {"test_bits_per_char": run["student_kd"]["test_bits_per_char"] + attn}
+    ablated = kd_effect(runs)
+    assert "student_kd_hidden - student_kd: -0.100 ± 0.012 (95 % CI [-0.150, -0.050], 3 seeds): helps  (+ hidden states alone)" in ablated
+    assert "student_kd_attn - student_kd: +0.000" in ablated and "no detectable difference  (+ attention alone)" in ablated
+    assert "student_kd_hidden_attn - student_kd_hidden: +0.000" in ablated and "(adding attention to hidden states)" in ablated
+    assert "student_kd_hidden_attn - student_kd_attn: -0.100" in ablated and "(adding hidden states to attention)" in ablated
     # No "twice the std" rule anywhere.
     assert "2 x" not in text + mixed + worse and "std" not in text + mixed + worse
 
@@ -247,3 +257,26 @@ def test_resume_without_checkpoints_is_refused(capsys):
     assert main(["text", "--profile", "smoke", "--resume"]) == 2
     assert "--resume needs --checkpoints DIR" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+def test_a_cached_teacher_gives_the_same_students_as_training_it_in_the_run(tmp_path):
+    from kd_ref.data.text import load_text
+    from kd_ref.recipes.text import run_seed
+
+    torch.set_num_threads(1)
+    text, _ = load_text()
+    config = CONFIGS["smoke"]
+    plain = run_seed(1, config, text, "cpu", methods=("student_kd",))
+    first = run_seed(1, config, text, "cpu", methods=("student_kd",), teacher_cache=tmp_path)   # trains, saves
+    again = run_seed(1, config, text, "cpu", methods=("student_kd",), teacher_cache=tmp_path)   # loads
+    assert len(list(tmp_path.glob("chargpt-*.pt"))) == 1
+    for run in (first, again):
+        for name in ("teacher", "student_kd"):
+            assert run[name]["test_bits_per_char"] == plain[name]["test_bits_per_char"], name
+            assert run[name]["val_bits_per_char"] == plain[name]["val_bits_per_char"], name
+            assert run[name]["sample"] == plain[name]["sample"], name
+        assert run["teacher"]["train_tokens_per_s"] > 0
+    assert main(["text", "--profile", "smoke", "--teacher-cache", str(tmp_path), "--seeds", "1",
+                 "--json", str(tmp_path / "t.json")]) == 0
+    assert len(list(tmp_path.glob("chargpt-*.pt"))) == 2                 # seed 0's teacher joined seed 1's

@@ -73,6 +73,7 @@ from ..models.count import count_parameters
 from ..models.gpt import CharGPT, GPTConfig
 from ..report import effect_lines, summarize_runs as summarize_metrics, text_table
 from ..sequence_distillers import HiddenAttentionKD
+from ..teacher_cache import cached_text_teacher
 from ..train import cosine_schedule, fit, seed_everything
 from .options import CommandError, add_study_options, save_json_option, start_study
 
@@ -226,7 +227,7 @@ def _trainer(seed: int, config: TextConfig, split: TextSplit, windows: Validatio
 
 def run_seed(seed: int, config: TextConfig, text: str, device, methods=METHODS, sample_prompt: str = "\n",
              on_model=None, checkpoints: Path | None = None, resume: bool = False,
-             run_info: dict | None = None) -> dict:
+             run_info: dict | None = None, teacher_cache: bool | str | Path = False) -> dict:
     """Train the teacher and each student with ``seed``; return every model's results.
 
     ``{name: {"val_bits_per_char", "test_bits_per_char", "bits_per_char", "train_tokens_per_s",
@@ -239,15 +240,31 @@ def run_seed(seed: int, config: TextConfig, text: str, device, methods=METHODS, 
     difference between them. ``on_model(name, result)`` is called after each model.
     ``checkpoints``: a folder for one checkpoint per model (``seed<k>/<name>.pt``);
     ``resume`` continues from them; ``run_info`` identifies the run (see ``fit``).
+
+    ``teacher_cache``: ``True`` (the default folder of :mod:`kd_ref.teacher_cache`) or a folder
+    loads the seed's teacher from the cache, training and saving it there first when it is
+    missing. The cached teacher is trained by the same code from the same seed, and the
+    students' initial weights are drawn exactly as without the cache, so the results are the
+    same; the teacher's ``history`` is then the one recorded when it was trained (on all
+    validation blocks, whatever ``config.val_chars``) and its last point is rescored here.
     """
     vocab, split, windows, test_windows = _data(config, text)
+    cached = None
+    if teacher_cache is not False and teacher_cache is not None:
+        cached = cached_text_teacher(config, text, seed, split_seed=SPLIT_SEED, device=device,
+                                     root=None if teacher_cache is True else teacher_cache)
     seed_everything(seed)
-    teacher = CharGPT(config.model(len(vocab), "teacher"))
+    teacher = CharGPT(config.model(len(vocab), "teacher"))              # drawn even when cached: same students
     initial_student = CharGPT(config.model(len(vocab), "student"))
     train = _trainer(seed, config, split, windows, device, checkpoints, resume, run_info)
 
     results = {}
-    log = train("teacher", Scratch(teacher, padding=True), config.teacher_steps, seed, config.lr)
+    if cached is None:
+        log = train("teacher", Scratch(teacher, padding=True), config.teacher_steps, seed, config.lr)
+    else:
+        trained, info = cached
+        teacher = trained
+        log = _cached_teacher_log(teacher, info, config, windows, device)
     results["teacher"] = _result(teacher, log, windows, test_windows, vocab, seed, config, device, sample_prompt)
     if on_model is not None:
         on_model("teacher", results["teacher"])
@@ -259,6 +276,14 @@ def run_seed(seed: int, config: TextConfig, text: str, device, methods=METHODS, 
         if on_model is not None:
             on_model(name, results[name])
     return results
+
+
+def _cached_teacher_log(teacher: CharGPT, info: dict, config: TextConfig, windows: ValidationWindows, device) -> dict:
+    """What ``train_model`` would have returned for a cached teacher: its recorded curve, rescored at the end."""
+    history = [dict(record) for record in info["history"]]
+    history[-1]["val_bpc"] = bits_per_char(teacher, windows, device)
+    tokens = config.teacher_steps * config.batch_size * config.context
+    return {"history": history, "train_tokens_per_s": tokens / max(history[-1]["train_seconds"], 1e-9)}
 
 
 def _result(model, log, windows, test_windows, vocab, seed, config, device, prompt) -> dict:
@@ -349,14 +374,21 @@ def kd_effect(per_seed: list[dict], metric: str = "test_bits_per_char") -> str:
     On the test split by default (the settings were chosen on validation). Negative
     differences are gains (fewer bits): "helps" only when the t interval over seeds lies
     below 0, "hurts" when above, else "no detectable difference" (``kd_ref.report``).
-    Then the same for hidden + attention over token KD alone, and the fraction of the
-    teacher-student gap that KD closes (a ratio of means, no interval).
+    Then the same for hidden + attention over token KD alone, for each ablation present
+    (``ABLATIONS``: one intermediate term over token KD, and what the other term adds to it),
+    and the fraction of the teacher-student gap that KD closes (a ratio of means, no interval).
     """
     split = {"test_bits_per_char": "test", "val_bits_per_char": "validation", "bits_per_char": "validation"}
     mean = {name: statistics.fmean(run[name][metric] for run in per_seed) for name in per_seed[0]}
     comparisons = [("student_kd", "student_scratch", "token-level KD")]
     if "student_kd_hidden_attn" in mean:
         comparisons.append(("student_kd_hidden_attn", "student_kd", "+ hidden states and attention"))
+    for name, added in (("student_kd_hidden", "hidden states"), ("student_kd_attn", "attention")):
+        if name in mean:                                          # the ablations: one intermediate term at a time
+            comparisons.append((name, "student_kd", f"+ {added} alone"))
+            if "student_kd_hidden_attn" in mean:
+                other = "attention" if name == "student_kd_hidden" else "hidden states"
+                comparisons.append(("student_kd_hidden_attn", name, f"adding {other} to {added}"))
     lines = [f"Effects on {split.get(metric, metric)} bits/char (lower is better; paired over seeds, "
              "mean ± standard error, t-based 95 % interval):",
              *effect_lines(per_seed, comparisons, metric, digits=3, lower_is_better=True)]
@@ -397,6 +429,10 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoints", metavar="DIR", default=None,
                         help="save every model's training state in DIR at each validation (default: none)")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints of a killed run")
+    parser.add_argument("--teacher-cache", metavar="DIR", nargs="?", const=True, default=False,
+                        help="load each seed's teacher from the teacher cache (DIR, else $KD_TEACHER_CACHE, else "
+                             "runs/teachers), training and saving it there first when it is missing; the results "
+                             "are the same as without it")
     parser.add_argument("--select", action="store_true",
                         help="the selection run: train the teacher once (seed 0) and try a small grid of student "
                              "learning rates, T and KD weights on the validation split only; --json PATH writes "
@@ -459,7 +495,8 @@ def run(args: argparse.Namespace) -> int:
                                  on_model=lambda name, r, seed=seed: print(
                                      f"  seed {seed} {name}: val {r['val_bits_per_char']:.3f}, "
                                      f"test {r['test_bits_per_char']:.3f} bits/char", flush=True),
-                                 checkpoints=checkpoints, resume=args.resume, run_info=run_info))
+                                 checkpoints=checkpoints, resume=args.resume, run_info=run_info,
+                                 teacher_cache=args.teacher_cache))
     seconds = time.perf_counter() - began
     rows = summarize_runs(per_seed)
 
