@@ -1,17 +1,22 @@
 """Lesson 10's study pieces (kd_ref.recipes.teacher_choice), each against an independent computation."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from kd_ref.data import TensorBatches
-from kd_ref.distillers import LogitKD
+from kd_ref.data.text import RandomCrops, bits_per_char
+from kd_ref.distillers import LogitKD, Scratch
 from kd_ref.losses.cached import topk_targets
-from kd_ref.models import DigitsCNN
-from kd_ref.recipes.teacher_choice import (CachedKD, CountingTeacher, ShiftedBatches, cluster_spread, shift_images,
-                                           tail_mass, template_plane)
-from kd_ref.train import fit
+from kd_ref.models import CharGPT, DigitsCNN
+from kd_ref.recipes import text as text_recipe
+from kd_ref.recipes.teacher_choice import (TEXT_CONFIGS, CachedKD, CountingTeacher, ShiftedBatches, TextTeacherConfig,
+                                           cluster_spread, load_text_teachers, shift_images, tail_mass,
+                                           template_plane, text_student_job, text_teacher_configs, text_teacher_seed)
+from kd_ref.teacher_cache import teacher_key
+from kd_ref.train import fit, seed_everything
 
 
 def np_shift(img, dy, dx):
@@ -131,3 +136,79 @@ def test_tail_mass_matches_numpy():
     expected = np.mean(1 - np.sort(p, 1)[:, -3:].sum(1))
     assert tail_mass(torch.from_numpy(logits), 3, 2.0) == pytest.approx(expected, rel=1e-10)
     assert tail_mass(torch.from_numpy(logits), 10, 2.0) == 0.0
+
+
+# -- the text study ---------------------------------------------------------------------------------------------------
+TEXT = "the quick brown fox jumps over the lazy dog. " * 60
+TINY = TextTeacherConfig(dataclasses.replace(text_recipe.CONFIGS["smoke"], context=16, teacher_steps=4, eval_every=2,
+                                             warmup=1, batch_size=4),
+                         short_teacher_steps=2, student_steps=3, seeds=2)
+
+
+def test_text_teachers_differ_in_size_or_steps_and_in_their_cache_keys():
+    base = TEXT_CONFIGS["cpu"].text
+    configs = text_teacher_configs(TEXT_CONFIGS["cpu"])
+    assert configs["full"] == base
+    assert configs["short"] == dataclasses.replace(base, teacher_steps=TEXT_CONFIGS["cpu"].short_teacher_steps)
+    small = configs["small"].model(103, "teacher")
+    assert (small.n_layer, small.width) == (base.student_layers, base.student_width) == (2, 48)
+    assert small == base.model(103, "student")                       # the student's own architecture
+    keys = {name: teacher_key(c, TEXT, 0, 0)["hash"] for name, c in configs.items()}
+    assert len(set(keys.values())) == 3
+    for change in (dict(teacher_layers=2), dict(teacher_width=48), dict(teacher_steps=150), dict(lr=1e-2)):
+        assert teacher_key(dataclasses.replace(base, **change), TEXT, 0, 0)["hash"] != keys["full"], change
+
+
+def test_text_teachers_come_from_the_cache_the_second_time(tmp_path, one_thread):
+    first = load_text_teachers(TINY, TEXT, root=tmp_path, verbose=False)
+    again = load_text_teachers(TINY, TEXT, root=tmp_path, verbose=False)
+    assert len(list(tmp_path.glob("chargpt-*.pt"))) == 3
+    assert not any(t["cached"] for t in first.values()) and all(t["cached"] for t in again.values())
+    for name in first:
+        for a, b in zip(first[name]["model"].state_dict().values(), again[name]["model"].state_dict().values()):
+            assert torch.equal(a, b)
+        assert first[name]["test_bits_per_char"] == again[name]["test_bits_per_char"]
+    assert first["short"]["steps"] == 2 and first["full"]["steps"] == first["small"]["steps"] == 4
+    assert first["small"]["model"].config.n_layer == TINY.text.student_layers
+    assert first["small"]["parameters"] < first["full"]["parameters"]
+
+
+def test_text_students_of_a_seed_share_their_start_and_crops(tmp_path, one_thread):
+    teachers = {name: t["model"] for name, t in load_text_teachers(TINY, TEXT, root=tmp_path, verbose=False).items()}
+    seed = 1
+    got = text_teacher_seed(seed, TINY, TEXT, teachers, keep_models=True)
+    assert list(got) == ["student_scratch", "kd_full", "kd_short", "kd_small"]
+    # independently: lesson 07's draws (teacher, then student, after seeding), crops seeded 1000 + seed
+    _, split, val, test = text_recipe._data(TINY.text, TEXT)
+    vocab_size = teachers["full"].config.vocab_size
+    seed_everything(seed)
+    CharGPT(TINY.text.model(vocab_size, "teacher"))
+    start = CharGPT(TINY.text.model(vocab_size, "student"))
+    kd = dict(T=TINY.text.T, kd_weight=TINY.text.kd_weight, ce_weight=TINY.text.ce_weight, padding=True)
+    for name, make in (("student_scratch", lambda s: Scratch(s, padding=True)),
+                       ("kd_small", lambda s: LogitKD(s, teachers["small"], **kd))):
+        student = copy.deepcopy(start)
+        crops = RandomCrops(split.train, TINY.text.context, TINY.text.batch_size, TINY.student_steps, seed=1000 + seed)
+        text_recipe.train_model(make(student), crops, lr=TINY.text.student_lr, config=TINY.text, windows=val,
+                                device="cpu", desc="")
+        for a, b in zip(student.state_dict().values(), got[name]["model"].state_dict().values()):
+            assert torch.equal(a, b), name
+        assert got[name]["test_bits_per_char"] == bits_per_char(student, test, "cpu")
+    assert got["kd_full"]["test_bits_per_char"] != got["kd_short"]["test_bits_per_char"]
+    # one student alone (as a separate process trains it) is the same student
+    alone = text_student_job((seed, "kd_short"), TINY, TEXT, teachers)
+    assert alone["test_bits_per_char"] == got["kd_short"]["test_bits_per_char"]
+    assert alone["val_bits_per_char"] == got["kd_short"]["val_bits_per_char"]
+    with pytest.raises(ValueError, match="unknown students"):
+        text_teacher_seed(seed, TINY, TEXT, teachers, names=("kd_huge",))
+
+
+@pytest.mark.slow
+def test_text_students_in_parallel_processes_are_the_sequential_ones(tmp_path, one_thread):
+    from kd_ref.recipes.seeds import map_seeds
+    teachers = {name: t["model"] for name, t in load_text_teachers(TINY, TEXT, root=tmp_path, verbose=False).items()}
+    jobs = [(seed, name) for name in ("kd_full", "student_scratch") for seed in (0, 1)]
+    sequential = [text_student_job(job, TINY, TEXT, teachers) for job in jobs]
+    parallel = map_seeds(text_student_job, jobs, TINY, TEXT, teachers, workers=2)
+    for a, b in zip(sequential, parallel):
+        assert (a["val_bits_per_char"], a["test_bits_per_char"]) == (b["val_bits_per_char"], b["test_bits_per_char"])

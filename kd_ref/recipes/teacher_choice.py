@@ -24,7 +24,14 @@ Pieces, each tested on its own:
   fig. 1) of penultimate-layer activations onto the plane through three class templates;
 - :func:`cluster_spread`: within-class spread over between-class distance of such a picture;
 - :func:`train_teacher` and :func:`run_seed`: the studies (module-level, so that
-  :func:`kd_ref.recipes.seeds.map_seeds` can run them in parallel processes).
+  :func:`kd_ref.recipes.seeds.map_seeds` can run them in parallel processes);
+- :class:`TextTeacherConfig`, :func:`load_text_teachers`, :func:`text_teacher_seed` and
+  :func:`text_student_job`: the same question on text, in lesson 07's setting
+  (``kd_ref.recipes.text``), where the student stays far from its teacher: three teachers
+  (lesson 07's, the same trained for fewer steps, one of the student's own size), each
+  trained once with seed 0 and kept in the teacher cache (``kd_ref.teacher_cache``), and per
+  seed one scratch student and one token-level KD student per teacher from the same start
+  on the same crops.
 """
 from __future__ import annotations
 
@@ -39,11 +46,15 @@ from torch import nn
 
 from ..data import TensorBatches, keep_labels, load_digits_split
 from ..data.batches import SeededBatches
+from ..data.text import CharVocab, bits_per_char
 from ..distillers import Distiller, LogitKD, Scratch
 from ..losses import IGNORE_INDEX, masked_cross_entropy
 from ..losses.cached import TopKTargets, cached_kd_loss, topk_targets
-from ..models import DigitsCNN
+from ..models import CharGPT, DigitsCNN, count_parameters
+from ..teacher_cache import cached_text_teacher
 from ..train import evaluate, fit, predict, seed_everything
+from . import text as text_recipe
+from .text import TextConfig
 
 SPLIT_SEED = 0
 
@@ -378,3 +389,116 @@ def run_seed(seed: int, config: TeacherChoiceConfig, teacher_logits: dict[str, t
 def tail_mass(logits: torch.Tensor, k: int, T: float) -> float:
     """Mean probability mass (at temperature T) outside each row's top ``k`` classes."""
     return float(torch.exp(topk_targets(logits, k, T).log_remainder).mean()) if k < logits.shape[-1] else 0.0
+
+
+# -- the text study: which text teacher? -----------------------------------------------------------
+@dataclass(frozen=True)
+class TextTeacherConfig:
+    """The text study of lesson 10: lesson 07's setting (``kd_ref.recipes.text``), three teachers.
+
+    ``text`` is a profile of ``kd_ref.recipes.text.CONFIGS``; its teacher is the ``full`` one.
+    ``short_teacher_steps``: the ``short`` teacher, the same architecture trained on a schedule
+    of its own this long (warm-up then cosine, as every model here); not a checkpoint of the
+    full run. ``student_steps``: every student (``text.student_steps`` is not used; the cpu
+    profile's 200 are half of lesson 07's 400, what the lesson's time budget allows). ``seeds``:
+    students of seeds 0 .. seeds - 1; the teachers are all trained with seed 0.
+    """
+
+    text: TextConfig
+    short_teacher_steps: int = 150
+    student_steps: int = 200
+    seeds: int = 3
+
+
+TEXT_TEACHERS = ("full", "short", "small")
+TEXT_STUDENTS = ("student_scratch", *(f"kd_{name}" for name in TEXT_TEACHERS))
+TEXT_CONFIGS = {
+    "smoke": TextTeacherConfig(text_recipe.CONFIGS["smoke"], short_teacher_steps=30, student_steps=40, seeds=2),
+    "cpu": TextTeacherConfig(text_recipe.CONFIGS["cpu"]),
+}
+TEXT_CONFIGS["gpu"] = TEXT_CONFIGS["cpu"]      # run on the CPU, as the digits studies: the same numbers
+
+
+def text_teacher_configs(config: TextTeacherConfig) -> dict[str, TextConfig]:
+    """The three teachers, each as the ``TextConfig`` whose teacher role it is (also their cache key).
+
+    ``full``: the profile's teacher. ``short``: the same, ``short_teacher_steps`` steps. ``small``:
+    the student's own architecture, trained as a teacher for the teacher's steps at the students'
+    learning rate (the one chosen on validation for this architecture): the capacity-gap end
+    and a born-again generation 0.
+    """
+    base = config.text
+    return {"full": base,
+            "short": dataclasses.replace(base, teacher_steps=config.short_teacher_steps),
+            "small": dataclasses.replace(base, teacher_layers=base.student_layers, teacher_width=base.student_width,
+                                         lr=base.student_lr)}
+
+
+def load_text_teachers(config: TextTeacherConfig, text: str, device="cpu", root=None, verbose: bool = True) -> dict:
+    """The three teachers from the teacher cache (trained and saved first when missing), scored once.
+
+    ``{name: {"model", "val_bits_per_char", "test_bits_per_char", "parameters", "steps", "layers",
+    "width", "lr", "cached", "train_seconds"}}``; validation and test as in ``kd_ref.recipes.text``
+    (``_data``: the recipe's split, the first ``val_chars`` characters of each when set).
+    """
+    _, _, val, test = text_recipe._data(config.text, text)
+    teachers = {}
+    for name, teacher_config in text_teacher_configs(config).items():
+        model, info = cached_text_teacher(teacher_config, text, 0, split_seed=text_recipe.SPLIT_SEED, device=device,
+                                          root=root, verbose=verbose)
+        teachers[name] = {"model": model, "val_bits_per_char": bits_per_char(model, val, device),
+                          "test_bits_per_char": bits_per_char(model, test, device),
+                          "parameters": count_parameters(model), "steps": teacher_config.teacher_steps,
+                          "layers": teacher_config.teacher_layers, "width": teacher_config.teacher_width,
+                          "lr": teacher_config.lr, "cached": info["cached"], "train_seconds": info["train_seconds"]}
+    return teachers
+
+
+def text_initial_student(seed: int, config: TextTeacherConfig, vocab_size: int):
+    """The seed's initial student, drawn as ``kd_ref.recipes.text.run_seed`` draws it (after its teacher)."""
+    seed_everything(seed)
+    CharGPT(config.text.model(vocab_size, "teacher"))       # drawn and dropped: lesson 07's students of this seed
+    return CharGPT(config.text.model(vocab_size, "student"))
+
+
+def text_teacher_seed(seed: int, config: TextTeacherConfig, text: str, teachers: dict, names=TEXT_STUDENTS,
+                      device="cpu", keep_models: bool = False) -> dict:
+    """The students ``names`` of one seed: ``{name: {"val_bits_per_char", "test_bits_per_char", "history",
+    "train_seconds"}}`` (and ``"model"`` with ``keep_models``).
+
+    ``teachers``: ``{teacher name: CharGPT}`` (fixed for every seed). ``student_scratch`` learns
+    from the next character alone, ``kd_<teacher>`` by token-level KD from that teacher
+    (``kd_ref.recipes.text.make_distiller("student_kd", ...)``: the profile's T and weights). Every
+    student of the seed starts from :func:`text_initial_student` and sees the same seeded crops
+    (``1000 + seed``, as in ``run_seed``) for ``config.student_steps`` steps at the students'
+    learning rate, validated every ``eval_every`` steps; the final model is scored once on test.
+    A student's numbers do not depend on which others are trained with it (so the students of a
+    seed can be trained in separate processes, :func:`text_student_job`).
+    """
+    unknown = [n for n in names if n != "student_scratch" and (not n.startswith("kd_") or n[3:] not in teachers)]
+    if unknown:
+        raise ValueError(f"unknown students {unknown}: names are student_scratch or kd_<teacher> with a teacher "
+                         f"of teachers ({', '.join(teachers)})")
+    vocab = CharVocab(text)
+    _, split, val, test = text_recipe._data(config.text, text)
+    initial = text_initial_student(seed, config, len(vocab))
+    train = text_recipe._trainer(seed, config.text, split, val, device)
+    results = {}
+    for name in names:
+        student = copy.deepcopy(initial)
+        method, teacher = ("student_scratch", None) if name == "student_scratch" else ("student_kd", teachers[name[3:]])
+        with text_recipe.make_distiller(method, student, teacher, config.text) as distiller:
+            log = train(name, distiller, config.student_steps, 1000 + seed, config.text.student_lr)
+        history = log["history"]
+        results[name] = {"val_bits_per_char": history[-1]["val_bpc"],
+                         "test_bits_per_char": bits_per_char(student, test, device),   # the only look at test
+                         "history": history, "train_seconds": history[-1]["train_seconds"]}
+        if keep_models:
+            results[name]["model"] = student
+    return results
+
+
+def text_student_job(job: tuple, config: TextTeacherConfig, text: str, teachers: dict) -> dict:
+    """One student of :func:`text_teacher_seed`, ``job = (seed, name)`` (for ``map_seeds``)."""
+    seed, name = job
+    return text_teacher_seed(seed, config, text, teachers, names=(name,))[name]
