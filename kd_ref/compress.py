@@ -14,7 +14,9 @@ deploying to a CPU would: size as saved, latency, accuracy.
   Efficient ConvNets"): :func:`prune_channels` keeps the filters of largest L1 norm in every block
   of a :class:`~kd_ref.models.DigitsCNN` and returns a genuinely narrower network, which is then
   fine-tuned with :func:`kd_ref.train.fit` and any distiller (``Scratch`` for cross-entropy,
-  ``LogitKD`` for distillation-aware fine-tuning).
+  ``LogitKD`` for distillation-aware fine-tuning). :func:`prune_mlp_units` does the same for a
+  :class:`~kd_ref.models.CharGPT`: it keeps the MLP hidden units of largest weight norm in every
+  block (its attention and width untouched).
 - **Low rank** (Denton, Zaremba, Bruna, LeCun & Fergus 2014, "Exploiting Linear Structure Within
   Convolutional Networks for Efficient Evaluation"; Eckart & Young 1936 for the optimality of the
   truncated SVD): :func:`low_rank_linear` / :func:`low_rank_conv2d` replace a layer by two thinner
@@ -26,8 +28,8 @@ deploying to a CPU would: size as saved, latency, accuracy.
   and :func:`quantize_static_int8` only wrap the export, the runtime and those two calls.
 - **Measuring**: :func:`saved_size_bytes`, :func:`median_latency`, :func:`throughput`.
 
-Bad input (a sparsity outside [0, 1), a rank larger than the layer allows, a width larger than
-the model's) raises ``ValueError`` naming the argument and the shapes. Pruning and factorising
+Bad input (a sparsity outside [0, 1), a rank larger than the layer allows, a width or a number of
+MLP units larger than the model's) raises ``ValueError`` naming the argument and the shapes. Pruning and factorising
 work on the model they are given (in place) and return it; copy it first to keep the original.
 The ONNX part needs the ``deploy`` extra: ``pip install -e ".[deploy]"``.
 """
@@ -49,7 +51,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .models import DigitsCNN
+from .models import CharGPT, DigitsCNN
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
 
@@ -153,6 +155,59 @@ def prune_channels(model: DigitsCNN, width: int) -> DigitsCNN:
         small.classifier.weight.copy_(model.classifier.weight[:, keep_in])           # (10, 4 * width)
         small.classifier.bias.copy_(model.classifier.bias)
     return small.train(model.training)
+
+
+def mlp_unit_norms(block: nn.Module) -> torch.Tensor:
+    """``(hidden,)``: for each hidden unit of a transformer block's MLP, the L2 norm of its weights in and out.
+
+    Unit j of ``mlp = Sequential(Linear(C, H), GELU, Linear(H, C), ...)`` reads row j of the
+    first weight and writes column j of the second: its score is
+    ``sqrt(‖W_in[j, :]‖² + ‖W_out[:, j]‖²)`` (biases not counted).
+    """
+    w_in, w_out = block.mlp[0].weight.detach(), block.mlp[2].weight.detach()   # (H, C), (C, H)
+    return (w_in.square().sum(1) + w_out.square().sum(0)).sqrt()
+
+
+def prune_mlp_units(model: CharGPT, hidden: int) -> CharGPT:
+    """Keep the ``hidden`` MLP units of largest :func:`mlp_unit_norms` in every block of a CharGPT, in place.
+
+    Each block's ``Linear(C, H)`` / ``Linear(H, C)`` pair becomes ``Linear(C, hidden)`` /
+    ``Linear(hidden, C)`` holding the kept rows / columns (kept in their original order) and
+    the first layer's matching biases; the second bias is kept whole. The GELU acts unit by
+    unit, so the pruned model computes exactly what the original computes with the removed
+    units' outputs set to zero: a dense, narrower network (structured pruning, Li et al.
+    2017's idea applied to a transformer's MLP), meant to be fine-tuned. Works in place
+    (copy the model first to keep it) and returns ``model``.
+    """
+    if not isinstance(model, CharGPT):
+        raise ValueError(f"prune_mlp_units prunes a CharGPT's MLP units, got model {type(model).__name__}")
+    for i, block in enumerate(model.blocks):
+        if not (isinstance(block.mlp[0], nn.Linear) and isinstance(block.mlp[2], nn.Linear)):
+            raise ValueError(f"blocks.{i}.mlp must hold nn.Linear layers at 0 and 2 (prune before factorising), "
+                             f"got {type(block.mlp[0]).__name__} and {type(block.mlp[2]).__name__}")
+    current = min(block.mlp[0].out_features for block in model.blocks)
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or not 1 <= hidden <= current:
+        shapes = [tuple(block.mlp[0].weight.shape) for block in model.blocks]
+        raise ValueError(f"hidden must be an integer in [1, {current}] (the MLP widths, first weights of shapes "
+                         f"{shapes}), got hidden={hidden!r}")
+    with torch.no_grad():
+        for block in model.blocks:
+            first, second = block.mlp[0], block.mlp[2]
+            keep = mlp_unit_norms(block).topk(hidden).indices.sort().values            # (hidden,)
+            like = dict(dtype=first.weight.dtype, device=first.weight.device)
+            new_first = nn.Linear(first.in_features, hidden, bias=first.bias is not None, **like)
+            new_second = nn.Linear(hidden, second.out_features, bias=second.bias is not None, **like)
+            new_first.weight.copy_(first.weight[keep])                                 # (hidden, C)
+            new_second.weight.copy_(second.weight[:, keep])                            # (C, hidden)
+            if first.bias is not None:
+                new_first.bias.copy_(first.bias[keep])
+            if second.bias is not None:
+                new_second.bias.copy_(second.bias)
+            for new, old in ((new_first, first), (new_second, second)):     # frozen stays frozen
+                for name, param in new.named_parameters():
+                    param.requires_grad_(getattr(old, name).requires_grad)
+            block.mlp[0], block.mlp[2] = new_first, new_second
+    return model
 
 
 # -- low rank ----------------------------------------------------------------------------------------

@@ -108,6 +108,74 @@ def test_bad_width_is_refused(bad):
         compress.prune_channels(_mlp(), 2)
 
 
+def _gpt(seed=0, **sizes):
+    torch.manual_seed(seed)
+    config = dict(vocab_size=11, context=8, n_layer=2, n_head=2, width=8)
+    config.update(sizes)
+    return CharGPT(GPTConfig(**config)).eval()
+
+
+def test_prune_mlp_units_equals_zeroing_the_dropped_units():
+    gpt = _gpt()
+    with torch.no_grad():                                   # spread the units' norms (the init makes them alike)
+        for block in gpt.blocks:
+            block.mlp[0].weight.mul_(torch.rand(32, 1) * 2)
+            block.mlp[0].bias.normal_(0, 0.1)
+    idx = torch.randint(0, 11, (3, 8))
+    keep = {}
+    for i, block in enumerate(gpt.blocks):                  # NumPy's choice: the 12 largest sqrt(|row|^2 + |col|^2)
+        w_in, w_out = block.mlp[0].weight.detach().numpy(), block.mlp[2].weight.detach().numpy()   # (32, 8), (8, 32)
+        norms = np.sqrt((w_in ** 2).sum(1) + (w_out ** 2).sum(0))
+        keep[i] = np.sort(np.argsort(-norms, kind="stable")[:12])
+        np.testing.assert_allclose(compress.mlp_unit_norms(block).numpy(), norms, rtol=1e-6)
+
+    def zero_dropped(i):
+        dropped = torch.ones(32, dtype=torch.bool)
+        dropped[torch.from_numpy(keep[i])] = False
+
+        def hook(module, args, output):                     # the GELU's output, (B, T, 32)
+            return output.masked_fill(dropped, 0.0)
+        return hook
+
+    handles = [block.mlp[1].register_forward_hook(zero_dropped(i)) for i, block in enumerate(gpt.blocks)]
+    with torch.no_grad():
+        expected = gpt(idx).numpy()                         # the original with the dropped units' outputs zeroed
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad():
+        original = gpt(idx).numpy()
+    pruned = compress.prune_mlp_units(gpt, 12)
+    assert pruned is gpt
+    with torch.no_grad():
+        np.testing.assert_allclose(pruned(idx).numpy(), expected, rtol=0, atol=1e-6)
+    assert np.abs(original - expected).max() > 1e-3          # the dropped units did matter
+    for i, block in enumerate(pruned.blocks):
+        assert tuple(block.mlp[0].weight.shape) == (12, 8) and tuple(block.mlp[2].weight.shape) == (8, 12)
+    # 2 blocks x (8 * 32 + 32 + 32 * 8) -> 2 x (8 * 12 + 12 + 12 * 8): a dense, smaller model
+    assert count_parameters(_gpt()) - count_parameters(pruned) == 2 * ((8 * 32 + 32 + 32 * 8) - (8 * 12 + 12 + 12 * 8))
+
+
+def test_prune_mlp_units_keeps_everything_at_full_width_and_keeps_frozen_weights_frozen():
+    gpt, reference = _gpt(1), _gpt(1)
+    idx = torch.randint(0, 11, (2, 8))
+    compress.prune_mlp_units(gpt.requires_grad_(False), 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(gpt(idx).numpy(), reference(idx).numpy(), rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for p in gpt.parameters())
+
+
+@pytest.mark.parametrize("bad", [0, 33, 2.0, True])
+def test_bad_mlp_width_is_refused_naming_the_shapes(bad):
+    with pytest.raises(ValueError, match=r"hidden must be an integer in \[1, 32\] .*\(32, 8\)"):
+        compress.prune_mlp_units(_gpt(), bad)
+    with pytest.raises(ValueError, match="CharGPT"):
+        compress.prune_mlp_units(DigitsCNN(2), 1)
+    factorised = _gpt()
+    compress.factorize(factorised, 0.25)
+    with pytest.raises(ValueError, match=r"blocks\.0\.mlp .*Sequential"):
+        compress.prune_mlp_units(factorised, 4)
+
+
 # -- low rank ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rank", [1, 3, 6])
 def test_low_rank_linear_is_the_truncated_svd(rank):
