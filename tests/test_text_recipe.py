@@ -261,12 +261,16 @@ def test_resume_without_checkpoints_is_refused(capsys):
 
 @pytest.mark.slow
 def test_a_cached_teacher_gives_the_same_students_as_training_it_in_the_run(tmp_path):
+    import argparse
+    from dataclasses import replace
+
     from kd_ref.data.text import load_text
+    from kd_ref.recipes import text as recipe
     from kd_ref.recipes.text import run_seed
 
     torch.set_num_threads(1)
     text, _ = load_text()
-    config = CONFIGS["smoke"]
+    config = replace(CONFIGS["smoke"], teacher_steps=30, student_steps=20, eval_every=10)   # seconds
     plain = run_seed(1, config, text, "cpu", methods=("student_kd",))
     first = run_seed(1, config, text, "cpu", methods=("student_kd",), teacher_cache=tmp_path)   # trains, saves
     again = run_seed(1, config, text, "cpu", methods=("student_kd",), teacher_cache=tmp_path)   # loads
@@ -277,6 +281,9 @@ def test_a_cached_teacher_gives_the_same_students_as_training_it_in_the_run(tmp_
             assert run[name]["val_bits_per_char"] == plain[name]["val_bits_per_char"], name
             assert run[name]["sample"] == plain[name]["sample"], name
         assert run["teacher"]["train_tokens_per_s"] > 0
-    assert main(["text", "--profile", "smoke", "--teacher-cache", str(tmp_path), "--seeds", "1",
-                 "--json", str(tmp_path / "t.json")]) == 0
-    assert len(list(tmp_path.glob("chargpt-*.pt"))) == 2                 # seed 0's teacher joined seed 1's
+    # the command's option: bare (the default folder), a folder, or absent
+    parser = argparse.ArgumentParser()
+    recipe.register(parser.add_subparsers())
+    assert parser.parse_args(["text", "--teacher-cache"]).teacher_cache is True
+    assert parser.parse_args(["text", "--teacher-cache", "dir"]).teacher_cache == "dir"
+    assert parser.parse_args(["text"]).teacher_cache is False
