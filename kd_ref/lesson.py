@@ -261,17 +261,21 @@ def _standard_error(values: list[float]) -> float | None:
 def compare(saved: dict, rerun: dict) -> tuple[list[str], bool]:
     """Compare two results payloads row by row; return the printed lines and whether they agree.
 
-    Same CPU model: every value must be identical (same seed, same CPU, one thread: the same
-    floating-point operations). Another CPU: the per-seed values may differ in rounding, which
-    training amplifies; each model/metric's mean over seeds must then agree within 2 standard
+    Same machine (CPU model, core count and torch version): every value must be identical (same
+    seeds and the same thread counts, so the same floating-point operations; lesson 07's study
+    uses every core, the others one thread). Otherwise the per-seed values may differ in rounding,
+    which training amplifies; each model/metric's mean over seeds must then agree within 2 standard
     errors of the difference of the two means, √(se_saved² + se_rerun²) (about a 95 % band for
     a difference that is only seed noise). A single-seed row cannot be judged there and is
     reported as such.
     """
-    same_cpu = saved["provenance"]["cpu"] == rerun["provenance"]["cpu"]
-    lines = [f"{saved['lesson']}: saved on {saved['provenance']['cpu']} ({saved['provenance']['date']}), "
-             f"re-run on {rerun['provenance']['cpu']}; tolerance: "
-             + ("exact (same CPU model)" if same_cpu else "2 standard errors of the difference of seed means")]
+    fields = ("cpu", "cores", "torch")
+    same_cpu = all(saved["provenance"].get(f) == rerun["provenance"].get(f) for f in fields)
+    where = lambda p: f"{p['cpu']}, {p.get('cores', '?')} cores, torch {p.get('torch', '?')}"
+    lines = [f"{saved['lesson']}: saved on {where(saved['provenance'])} ({saved['provenance']['date']}), "
+             f"re-run on {where(rerun['provenance'])}; tolerance: "
+             + ("exact (same CPU model, cores and torch)" if same_cpu
+                else "2 standard errors of the difference of seed means")]
     ok = True
     for study in sorted(set(saved["studies"]) | set(rerun["studies"])):
         old, new = saved["studies"].get(study), rerun["studies"].get(study)

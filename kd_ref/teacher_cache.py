@@ -4,12 +4,16 @@
     info["cached"]          # True when it was loaded, False when it was trained just now
     info["train_seconds"]   # what training it cost (measured when it was trained)
 
-A teacher is the expensive part of every text study, and lessons 07 and 09, the ``kd-ref
-lm`` recipe and repeated runs all want the same one. The cache key is a SHA-256 of
+A teacher is the expensive part of every text study, and lessons 07, 09, 10 and 11, the
+``kd-ref lm`` recipe and repeated runs all want the same one. The cache key is a SHA-256 of
 everything that decides the trained weights: the teacher's model settings, its steps,
-batch size and optimiser settings, the split (seed and test fraction), the training seed and the corpus
-itself (its characters hash). Change any of them and a new teacher is trained; the old
-file stays (delete the folder, :func:`cache_root`, to reclaim the space).
+batch size and optimiser settings, the split (seed and test fraction), the training seed, the corpus
+itself (its characters hash), the torch version, the device type and, on the CPU, the number of
+torch threads (a different thread count sums in a different order, and training amplifies the
+rounding). Change any of them and a new teacher is trained; the old file stays (delete the
+folder, :func:`cache_root`, to reclaim the space). So a lesson that sets one thread gets the
+teacher it would train itself, whichever lesson ran first, and ``make reproduce`` gives the same
+numbers with an empty cache as with a full one.
 
 The teacher is trained exactly as ``kd_ref.recipes.text.run_seed`` trains its own
 (``seed_everything(seed)``, a fresh ``CharGPT``, the seeded crops of the training blocks,
@@ -54,11 +58,17 @@ def cache_root(root: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "kd_ref" / "teachers"
 
 
-def teacher_key(config, text: str, seed: int, split_seed: int) -> dict:
-    """The settings that decide a trained teacher, and their short hash (``key["hash"]``)."""
+def teacher_key(config, text: str, seed: int, split_seed: int, device="cpu") -> dict:
+    """The settings that decide a trained teacher, and their short hash (``key["hash"]``).
+
+    ``device``: where it is (or was) trained; on the CPU the key holds the current
+    ``torch.get_num_threads()``, elsewhere ``threads`` is None.
+    """
+    device_type = torch.device(device).type
     settings = {name: getattr(config, name) for name in _KEY_FIELDS}
     settings.update(seed=int(seed), split_seed=int(split_seed), test_fraction=TEST_FRACTION, torch=torch.__version__.split("+")[0],
-                    text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], n_chars=len(text))
+                    text_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], n_chars=len(text),
+                    device=device_type, threads=torch.get_num_threads() if device_type == "cpu" else None)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return {**settings, "hash": digest}
 
@@ -73,7 +83,7 @@ def cached_text_teacher(config, text: str, seed: int, *, split_seed: int = 0, de
     """
     from .recipes.text import train_model      # the recipe's loop and schedule (imported late: no cycle)
     vocab = CharVocab(text)
-    key = teacher_key(config, text, seed, split_seed)
+    key = teacher_key(config, text, seed, split_seed, device)
     folder = cache_root(root)
     path = folder / f"chargpt-{key['hash']}.pt"
     model_config = config.model(len(vocab), "teacher")
@@ -83,7 +93,7 @@ def cached_text_teacher(config, text: str, seed: int, *, split_seed: int = 0, de
         if saved["key"] != key:
             raise ValueError(f"teacher cache {path} holds another teacher ({saved['key']}); delete it")
         teacher.load_state_dict(saved["state"])
-        info = {**saved["info"], "cached": True, "path": str(path)}
+        info = {**key, **saved["info"], "cached": True, "path": str(path)}
         if verbose:
             print(f"teacher (seed {seed}) loaded from the teacher cache, entry {path.name} (trained in {info['train_seconds']:.0f} s)")
         return teacher.to(device).eval(), info
@@ -107,4 +117,4 @@ def cached_text_teacher(config, text: str, seed: int, *, split_seed: int = 0, de
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
         torch.save({"key": key, "info": info, "state": state}, handle)
     os.replace(handle.name, path)
-    return teacher.to(device).eval(), {**info, "cached": False, "path": str(path)}
+    return teacher.to(device).eval(), {**key, **info, "cached": False, "path": str(path)}

@@ -101,6 +101,15 @@ def test_compare_is_exact_on_the_same_cpu():
     assert not ok and any("DIFFERS" in line for line in lines)
 
 
+def test_compare_is_exact_only_with_the_same_cores_and_torch():
+    saved = _payload("A", [0.90, 0.92, 0.94])
+    for change in ({"cores": 8}, {"torch": "2.99.0"}):
+        rerun = _payload("A", [0.91, 0.93, 0.95])
+        rerun["provenance"].update(change)
+        lines, ok = compare(saved, rerun)
+        assert ok and "2 standard errors" in lines[0], change   # judged by the seed-mean band, not exactly
+
+
 def test_compare_on_another_cpu_allows_two_standard_errors():
     saved = _payload("A", [0.90, 0.92, 0.94])                     # mean 0.92, se 0.01155
     _, ok = compare(saved, _payload("B", [0.91, 0.93, 0.95]))     # mean 0.93: within 2 * sqrt(2) * se

@@ -79,7 +79,9 @@ def test_on_policy_step_matches_a_numpy_reverse_kl_on_the_continuation_only():
     mask[:, 3:] = True
     expected = ref.reverse_kl(s.double().numpy(), t.double().numpy(), 1.0, mask)
     assert set(terms) == {"reverse_kl"}
-    assert terms["reverse_kl"].item() == pytest.approx(expected, rel=1e-5)
+    # float32 logits of a value near 0.004: allow float32 rounding of log-probabilities near 3 (about 1e-7
+    # each; 4e-8 seen on an AVX-512 CPU), far below what a wrong mask or direction would change (1e-3).
+    assert terms["reverse_kl"].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert distiller.sampled_tokens == 4 * 6
 
 
@@ -216,6 +218,24 @@ def test_teacher_cache_trains_once_then_loads_the_same_weights(tmp_path, one_thr
     assert teacher_key(config, text + "!", 0, 0)["hash"] != teacher_key(config, text, 0, 0)["hash"]
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
+
+
+def test_teacher_cache_keeps_one_teacher_per_thread_count_and_device(tmp_path, restore_threads):
+    # Two thread counts sum in different orders: a lesson that trains with one thread must not be
+    # handed the teacher another lesson trained with two (make reproduce with an empty cache would differ).
+    config = dataclasses.replace(CONFIGS["smoke"], teacher_steps=2, eval_every=2)
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    torch.set_num_threads(1)
+    one = teacher_key(config, text, 0, 0)
+    _, info = cached_text_teacher(config, text, seed=0, root=tmp_path, verbose=False)
+    assert one["threads"] == 1 and one["device"] == "cpu" and info["threads"] == 1
+    torch.set_num_threads(2)
+    two = teacher_key(config, text, 0, 0)
+    assert two["threads"] == 2 and two["hash"] != one["hash"]
+    _, info2 = cached_text_teacher(config, text, seed=0, root=tmp_path, verbose=False)
+    assert not info2["cached"] and len(list(tmp_path.glob("*.pt"))) == 2
+    cuda = teacher_key(config, text, 0, 0, device="cuda")      # a key only: no CUDA needed to compute it
+    assert cuda["device"] == "cuda" and cuda["threads"] is None and cuda["hash"] not in {one["hash"], two["hash"]}
 
 # -- the command ----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
