@@ -79,9 +79,18 @@ def git_commit(where: str | os.PathLike = ".") -> str:
         return "unknown"
 
 
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use here ("AVX2", "AVX512", "DEFAULT", ...).
+
+    Two CPUs with the same model name (a cloud's "AMD EPYC", say) can differ in it, and then
+    the same float32 code rounds differently.
+    """
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def provenance(where: str | os.PathLike | None = None) -> dict:
-    """Where and when a run happened: CPU model and cores, torch, Python, UTC date, commit."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+    """Where and when a run happened: CPU model, kernels' instruction set and cores, torch, Python, UTC date, commit."""
+    return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
             "commit": git_commit(where if where is not None else Path(__file__).resolve().parent)}
 
@@ -133,7 +142,7 @@ class Lesson:
         """Print the run's provenance: the first output of every lesson."""
         device = torch.cuda.get_device_name() if self.device == "cuda" else "no GPU used"
         print(f"lesson {self.name} | profile {self.profile} | data: {self.data}")
-        print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {device} | torch {torch.__version__}, "
+        print(f"machine: {cpu_model()} ({cpu_capability()} kernels), {os.cpu_count()} cores, {device} | torch {torch.__version__}, "
               f"Python {platform.python_version()}")
         print(f"run: {self.date:%Y-%m-%d %H:%M} UTC, commit {self.commit}")
 
@@ -261,20 +270,23 @@ def _standard_error(values: list[float]) -> float | None:
 def compare(saved: dict, rerun: dict) -> tuple[list[str], bool]:
     """Compare two results payloads row by row; return the printed lines and whether they agree.
 
-    Same machine (CPU model, core count and torch version): every value must be identical (same
-    seeds and the same thread counts, so the same floating-point operations; lesson 07's study
-    uses every core, the others one thread). Otherwise the per-seed values may differ in rounding,
+    Same machine (CPU model, torch's CPU instruction set, core count and torch version; a file
+    that does not record one of them counts as another machine): every value must be identical
+    (same seeds and the same thread counts, so the same floating-point operations; lesson 07's
+    study uses every core, the others one thread). Otherwise the per-seed values may differ in rounding,
     which training amplifies; each model/metric's mean over seeds must then agree within 2 standard
     errors of the difference of the two means, √(se_saved² + se_rerun²) (about a 95 % band for
     a difference that is only seed noise). A single-seed row cannot be judged there and is
     reported as such.
     """
-    fields = ("cpu", "cores", "torch")
-    same_cpu = all(saved["provenance"].get(f) == rerun["provenance"].get(f) for f in fields)
-    where = lambda p: f"{p['cpu']}, {p.get('cores', '?')} cores, torch {p.get('torch', '?')}"
+    fields = ("cpu", "cpu_capability", "cores", "torch")
+    same_cpu = all(saved["provenance"].get(f) is not None and saved["provenance"].get(f) == rerun["provenance"].get(f)
+                   for f in fields)
+    where = lambda p: (f"{p['cpu']} ({p.get('cpu_capability', 'kernels not recorded')}), {p.get('cores', '?')} cores, "
+                       f"torch {p.get('torch', '?')}")
     lines = [f"{saved['lesson']}: saved on {where(saved['provenance'])} ({saved['provenance']['date']}), "
              f"re-run on {where(rerun['provenance'])}; tolerance: "
-             + ("exact (same CPU model, cores and torch)" if same_cpu
+             + ("exact (same CPU model, instruction set, cores and torch)" if same_cpu
                 else "2 standard errors of the difference of seed means")]
     ok = True
     for study in sorted(set(saved["studies"]) | set(rerun["studies"])):

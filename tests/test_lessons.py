@@ -91,7 +91,8 @@ def test_results_files_are_what_the_saved_lesson_shows(path):
 # -- the machinery itself -------------------------------------------------------------------------
 def _payload(cpu, values, lesson="99_demo"):
     rows = [{"seed": s, "name": "student_kd", "metric": "accuracy", "value": v} for s, v in enumerate(values)]
-    return {"lesson": lesson, "provenance": {"cpu": cpu, "date": "2026-12-03 10:00 UTC"}, "studies": {"main": rows}}
+    machine = {"cpu": cpu, "cpu_capability": "AVX2", "cores": 2, "torch": "2.15.0"}
+    return {"lesson": lesson, "provenance": {**machine, "date": "2026-12-03 10:00 UTC"}, "studies": {"main": rows}}
 
 
 def test_compare_is_exact_on_the_same_cpu():
@@ -101,13 +102,19 @@ def test_compare_is_exact_on_the_same_cpu():
     assert not ok and any("DIFFERS" in line for line in lines)
 
 
-def test_compare_is_exact_only_with_the_same_cores_and_torch():
+def test_compare_is_exact_only_with_the_same_instruction_set_cores_and_torch():
     saved = _payload("A", [0.90, 0.92, 0.94])
-    for change in ({"cores": 8}, {"torch": "2.99.0"}):
+    # A file saved before the instruction set was recorded cannot claim the same machine either: two
+    # "AMD EPYC" CPUs, one with AVX-512 kernels, gave different lesson 10 numbers on 2026-12-07.
+    for change in ({"cores": 8}, {"torch": "2.99.0"}, {"cpu_capability": "AVX512"}):
         rerun = _payload("A", [0.91, 0.93, 0.95])
         rerun["provenance"].update(change)
         lines, ok = compare(saved, rerun)
         assert ok and "2 standard errors" in lines[0], change   # judged by the seed-mean band, not exactly
+    old_file = _payload("A", [0.90, 0.92, 0.94])
+    del old_file["provenance"]["cpu_capability"]
+    lines, ok = compare(old_file, _payload("A", [0.90, 0.92, 0.94]))
+    assert ok and "kernels not recorded" in lines[0] and "2 standard errors" in lines[0]
 
 
 def test_compare_on_another_cpu_allows_two_standard_errors():
