@@ -136,6 +136,7 @@ class Lesson:
         self.device = "cuda" if self.profile == "gpu" and torch.cuda.is_available() else "cpu"
         self._settings: dict | None = None
         self.studies: dict[str, list[dict]] = {}
+        self.timings: dict[str, list[dict]] = {}
 
     # -- what the notebook calls ------------------------------------------------------------
     def header(self) -> None:
@@ -177,6 +178,21 @@ class Lesson:
             raise ValueError(f"{study}: seed {seed}, {name}, {metric} recorded twice")
         rows.append({"seed": int(seed), "name": name, "metric": metric, "value": value})
 
+    def record_timing(self, study: str, seed: int, name: str, metric: str, value: float) -> None:
+        """Record one clock measurement (a latency, a throughput, seconds) of ``study``.
+
+        Kept in the results file under ``"timings"``, beside the studies, so that machines can be
+        compared; :func:`compare` shows them but never judges them (a clock is not reproducible,
+        even on the same machine), so a lesson's timings cannot make ``make reproduce`` fail.
+        """
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{study}/{name}/{metric} seed {seed}: value must be finite, got {value}")
+        rows = self.timings.setdefault(study, [])
+        if any((r["seed"], r["name"], r["metric"]) == (seed, name, metric) for r in rows):
+            raise ValueError(f"{study}: seed {seed}, {name}, {metric} timed twice")
+        rows.append({"seed": int(seed), "name": name, "metric": metric, "value": value})
+
     def record_scores(self, study: str, seed: int, scores: dict[str, dict[str, float]]) -> None:
         """Record ``{name: {metric: value}}`` for ``seed`` (what :func:`kd_ref.train.evaluate` returns, per model)."""
         for name, metrics in scores.items():
@@ -194,6 +210,7 @@ class Lesson:
                                "commit": self.commit, "seconds": round(seconds, 1)},
                 "settings": self._settings, "fingerprint": self.fingerprint,
                 "studies": self.studies,
+                **({"timings": self.timings} if self.timings else {}),
             }
             self.results_dir.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
@@ -277,7 +294,7 @@ def compare(saved: dict, rerun: dict) -> tuple[list[str], bool]:
     which training amplifies; each model/metric's mean over seeds must then agree within 2 standard
     errors of the difference of the two means, √(se_saved² + se_rerun²) (about a 95 % band for
     a difference that is only seed noise). A single-seed row cannot be judged there and is
-    reported as such.
+    reported as such. Clock measurements (the payloads' ``"timings"``) are listed, never judged.
     """
     fields = ("cpu", "cpu_capability", "cores", "torch")
     same_cpu = all(saved["provenance"].get(f) is not None and saved["provenance"].get(f) == rerun["provenance"].get(f)
@@ -328,6 +345,14 @@ def compare(saved: dict, rerun: dict) -> tuple[list[str], bool]:
                     ok &= verdict == "within"
                 lines.append(f"    {key[0]:<28}{key[1]:<24}{statistics.fmean(a):>12.6g}{statistics.fmean(b):>12.6g}"
                              f"{allowed:>10}  {verdict}")
+    for study in sorted(set(saved.get("timings", {})) | set(rerun.get("timings", {}))):
+        old, new = saved.get("timings", {}).get(study, []), rerun.get("timings", {}).get(study, [])
+        index = {(r["seed"], r["name"], r["metric"]): r["value"] for r in new}
+        lines.append(f"  timings {study}: {len(old)} saved, {len(new)} re-run (clock measurements: shown, not judged)")
+        for r in old:
+            value = index.get((r["seed"], r["name"], r["metric"]))
+            shown = "-" if value is None else f"{value:.6g}"
+            lines.append(f"    {r['seed']:>4}  {r['name']:<28}{r['metric']:<24}{r['value']:>12.6g}{shown:>12}  timing")
     return lines, ok
 
 

@@ -125,6 +125,44 @@ def test_compare_on_another_cpu_allows_two_standard_errors():
     assert not ok
 
 
+def test_timings_are_shown_but_never_judged():
+    saved, rerun = _payload("A", [0.9, 0.8]), _payload("A", [0.9, 0.8])
+    saved["timings"] = {"cost": [{"seed": 0, "name": "student_kd", "metric": "latency_s", "value": 1e-4}]}
+    rerun["timings"] = {"cost": [{"seed": 0, "name": "student_kd", "metric": "latency_s", "value": 3e-4}]}
+    lines, ok = compare(saved, rerun)
+    assert ok and any("not judged" in line for line in lines) and any(line.endswith("timing") for line in lines)
+    rerun["studies"]["main"][1]["value"] = 0.7          # a real number still fails the comparison
+    assert not compare(saved, rerun)[1]
+
+
+def test_lesson_keeps_timings_apart_from_the_studies(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "source": "pass", "metadata": {}, "outputs": []}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "99_demo.ipynb").write_text(json.dumps(nb))
+    lesson = Lesson("99_demo", data="toy", profile="smoke", notebook=tmp_path / "99_demo.ipynb",
+                    results_dir=tmp_path / "results")
+    lesson.settings(epochs=1)
+    lesson.record("cost", 0, "m", "size_bytes", 100)
+    lesson.record_timing("cost", 0, "m", "latency_s", 0.001)
+    with pytest.raises(ValueError, match="timed twice"):
+        lesson.record_timing("cost", 0, "m", "latency_s", 0.002)
+    with pytest.raises(ValueError, match="finite"):
+        lesson.record_timing("cost", 0, "m", "throughput", float("nan"))
+    lesson.finish()
+    payload = json.loads(lesson.results_path.read_text())
+    assert [r["metric"] for r in payload["studies"]["cost"]] == ["size_bytes"]
+    assert [r["metric"] for r in payload["timings"]["cost"]] == ["latency_s"]
+
+
+@pytest.mark.parametrize("path", sorted((NOTEBOOKS / "results").glob("*.cpu.json")), ids=lambda p: p.name)
+def test_no_clock_measurement_is_judged_as_a_result(path):
+    """A latency, throughput or duration recorded with lesson.record would make make reproduce fail by chance."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    clocks = {r["metric"] for rows in payload.get("studies", {}).values() for r in rows
+              if re.search(r"latency|throughput|seconds|per_s|tok/s", r["metric"])}
+    assert not clocks, f"{path.name}: record these with lesson.record_timing: {sorted(clocks)}"
+
+
 def test_compare_flags_missing_rows_and_studies():
     saved = _payload("A", [0.9, 0.8])
     rerun = _payload("A", [0.9])

@@ -18,8 +18,8 @@ split is scored once per model.
 
 The text study starts from one cached CharGPT teacher (seed 0): the post-training methods
 (pruning, low rank without fine-tuning, int8) are deterministic given that teacher, and the
-trained rows (``TEXT_TRAINED_ROWS``: a scratch and a KD student, the factorised teacher
-fine-tuned with cross-entropy or with KD, the MLP-pruned teacher fine-tuned with KD) are trained
+trained rows (``TEXT_TRAINED_ROWS``: a scratch and a KD student, the factorised and the MLP-pruned
+teacher, each fine-tuned with cross-entropy or with KD) are trained
 once per seed by
 ``text_train``, one (seed, row) job at a time so that the jobs of all seeds spread over the
 processes. A seed sets the student's initial weights and the training crops.
@@ -268,11 +268,11 @@ class TextCompressionRun:
     eval_chars: int = 10_000                          # first validation / test characters scored
 
 
-# The trained text rows: the students, and the compressed teachers fine-tuned (row -> (method, loss)). The
-# MLP-pruned teacher is fine-tuned with KD only: a CE twin would add about a sixth to the text study's time.
+# The trained text rows: the students, and the compressed teachers fine-tuned (row -> (method, loss)). Each
+# compression is fine-tuned with cross-entropy and with KD, so that the loss is the only difference of a pair.
 TEXT_STUDENTS = ("student scratch", "student KD")
 TEXT_FINETUNED = {"teacher SVD r/4 + FT (CE)": ("SVD r/4", "CE"), "teacher SVD r/4 + FT (KD)": ("SVD r/4", "KD"),
-                  "teacher MLP /2 + FT (KD)": ("MLP /2", "KD")}
+                  "teacher MLP /2 + FT (CE)": ("MLP /2", "CE"), "teacher MLP /2 + FT (KD)": ("MLP /2", "KD")}
 TEXT_TRAINED_ROWS = TEXT_STUDENTS + tuple(TEXT_FINETUNED)
 TEXT_CROP_SEED = 1000       # + seed: the training crops of every trained row of a seed
 
