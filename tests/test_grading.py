@@ -67,12 +67,13 @@ def with_answer(master, marker, code, tmp_path, name):
     return path
 
 
-def grade_with_answers(master, answers, tmp_path, name):
-    """Grade a copy of ``master`` whose solution cells are replaced, ``{marker: code}``."""
+def grade_with_answers(master, answers, tmp_path, name, salt=None):
+    """Grade a copy of ``master`` whose solution cells are replaced, ``{marker: code}`` (``salt``: the
+    hidden checks' salt; None draws one, as grading does)."""
     path = master
     for marker, code in answers.items():
         path = with_answer(path, marker, code, tmp_path, name)
-    return grade_notebook(path, SOLUTIONS)
+    return grade_notebook(path, SOLUTIONS, salt=salt)
 
 
 def assert_scores(report, max_scores, expected, case):
