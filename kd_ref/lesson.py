@@ -115,6 +115,18 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _add_row(table: dict[str, list[dict]], study: str, seed: int, name: str, metric: str, value: float,
+             verb: str) -> None:
+    """Append one finite number to ``table[study]``, refusing a second one for the same seed, name and metric."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{study}/{name}/{metric} seed {seed}: value must be finite, got {value}")
+    rows = table.setdefault(study, [])
+    if any((r["seed"], r["name"], r["metric"]) == (seed, name, metric) for r in rows):
+        raise ValueError(f"{study}: seed {seed}, {name}, {metric} {verb} twice")
+    rows.append({"seed": int(seed), "name": name, "metric": metric, "value": value})
+
+
 class Lesson:
     """One run of a lesson notebook: its header, settings, study results and results file.
 
@@ -169,14 +181,7 @@ class Lesson:
 
     def record(self, study: str, seed: int, name: str, metric: str, value: float) -> None:
         """Record one number of ``study``: model ``name``'s ``metric`` for ``seed``."""
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{study}/{name}/{metric} seed {seed}: value must be finite, got {value}")
-        rows = self.studies.setdefault(study, [])
-        key = (seed, name, metric)
-        if any((r["seed"], r["name"], r["metric"]) == key for r in rows):
-            raise ValueError(f"{study}: seed {seed}, {name}, {metric} recorded twice")
-        rows.append({"seed": int(seed), "name": name, "metric": metric, "value": value})
+        _add_row(self.studies, study, seed, name, metric, value, "recorded")
 
     def record_timing(self, study: str, seed: int, name: str, metric: str, value: float) -> None:
         """Record one clock measurement (a latency, a throughput, seconds) of ``study``.
@@ -185,13 +190,7 @@ class Lesson:
         compared; :func:`compare` shows them but never judges them (a clock is not reproducible,
         even on the same machine), so a lesson's timings cannot make ``make reproduce`` fail.
         """
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{study}/{name}/{metric} seed {seed}: value must be finite, got {value}")
-        rows = self.timings.setdefault(study, [])
-        if any((r["seed"], r["name"], r["metric"]) == (seed, name, metric) for r in rows):
-            raise ValueError(f"{study}: seed {seed}, {name}, {metric} timed twice")
-        rows.append({"seed": int(seed), "name": name, "metric": metric, "value": value})
+        _add_row(self.timings, study, seed, name, metric, value, "timed")
 
     def record_scores(self, study: str, seed: int, scores: dict[str, dict[str, float]]) -> None:
         """Record ``{name: {metric: value}}`` for ``seed`` (what :func:`kd_ref.train.evaluate` returns, per model)."""

@@ -219,7 +219,6 @@ def test_teacher_cache_trains_once_then_loads_the_same_weights(tmp_path, one_thr
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
 
-
 def test_teacher_cache_keeps_one_teacher_per_thread_count_and_device(tmp_path, restore_threads):
     # Two thread counts sum in different orders: a lesson that trains with one thread must not be
     # handed the teacher another lesson trained with two (make reproduce with an empty cache would differ).
