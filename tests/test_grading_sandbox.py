@@ -148,3 +148,37 @@ def test_a_course_in_a_private_folder_under_tmp_stays_readable_to_the_sandbox(tm
     finally:
         import shutil
         shutil.rmtree(private)
+
+
+@needs_bwrap
+def test_a_course_root_on_sys_path_does_not_uncover_the_solutions(tmp_path, monkeypatch):
+    # pytest and `python -m kd_ref grade` put the course's root on sys.path. For a clone under the hidden
+    # /tmp, binding that root read-only would show the hidden solutions again (and, in a mode-0700
+    # folder, hide the virtual environment from the sandbox's user). Only what the kernel needs is bound.
+    import subprocess
+    import tempfile
+
+    private = Path(tempfile.mkdtemp(prefix="kd_ref_clone_", dir="/tmp"))
+    try:
+        (private / "solutions").mkdir()
+        (private / "solutions" / "key.txt").write_text("the answers")
+        (private / "kd_ref").mkdir()
+        (private / "kd_ref" / "module.txt").write_text("reached")
+        for path in (private / "solutions", private / "kd_ref"):
+            path.chmod(0o755)
+        for path in (private / "solutions" / "key.txt", private / "kd_ref" / "module.txt"):
+            path.chmod(0o644)
+        needed = sandbox._needed_read_only()
+        monkeypatch.setattr(sandbox, "_needed_read_only", lambda: [*needed, private, private / "kd_ref"])
+        monkeypatch.setattr(sandbox, "REPO", private)
+        scratch = tmp_path / "scratch"
+        sandbox.prepare_scratch(scratch)
+        script = f"cat {private / 'kd_ref' / 'module.txt'}; ls {private / 'solutions'}"
+        for mode in (0o755, 0o700):           # a `mktemp -d` clone, and a clone any user can enter
+            private.chmod(mode)
+            done = subprocess.run(sandbox.command(["sh", "-c", script], scratch, sandbox.Limits()),
+                                  capture_output=True, text=True, timeout=60)
+            assert done.stdout.split() == ["reached"], (oct(mode), done.stdout, done.stderr)   # solutions: empty
+    finally:
+        import shutil
+        shutil.rmtree(private)

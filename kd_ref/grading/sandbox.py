@@ -107,8 +107,10 @@ def command(argv: list[str], scratch: Path, limits: Limits, slot: int = 0) -> li
     for path in hidden:                       # empty and read-only in the sandbox
         cmd += [*_open_parents(path, hidden), "--perms", "0555", "--tmpfs", str(path)]
     for path in _needed_read_only():
+        # a hidden path's ancestor is never bound: that would uncover it (`python -m` and pytest put the
+        # course's root on sys.path, and the solutions are hidden inside it)
         if any(path == h or h in path.parents for h in hidden) and not any(
-                s == path or s in path.parents for s in [scratch]):
+                s == path or s in path.parents for s in [scratch]) and not any(path in h.parents for h in hidden):
             cmd += [*_open_parents(path, hidden), "--ro-bind", str(path), str(path)]
     cmd += [*_open_parents(scratch, hidden), "--bind", str(scratch), str(scratch), "--chdir", str(scratch),
             "--setenv", "HOME", str(scratch), "--setenv", "TMPDIR", str(scratch),
