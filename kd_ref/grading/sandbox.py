@@ -104,7 +104,7 @@ def command(argv: list[str], scratch: Path, limits: Limits, slot: int = 0) -> li
     solutions = REPO.resolve() / "solutions"
     if solutions.is_dir():
         hidden.append(solutions)
-    for path in hidden:                       # empty and read-only in the sandbox
+    for path in hidden:                       # empty in the sandbox, and read-only (remounted below)
         cmd += [*_open_parents(path, hidden), "--perms", "0555", "--tmpfs", str(path)]
     for path in _needed_read_only():
         # a hidden path's ancestor is never bound: that would uncover it (`python -m` and pytest put the
@@ -118,6 +118,8 @@ def command(argv: list[str], scratch: Path, limits: Limits, slot: int = 0) -> li
             "--setenv", "JUPYTER_RUNTIME_DIR", str(scratch / ".runtime"),
             # the kernel cannot see the grader's process id from its PID namespace: no parent polling
             "--unsetenv", "JPY_PARENT_PID"]
+    for path in hidden:                       # last: the mount points inside them exist now
+        cmd += ["--remount-ro", str(path)]
     if os.geteuid() == 0:
         # root is exempt from RLIMIT_NPROC: drop to a user id of the sandbox's own (one per job)
         uid = 61000 + slot
